@@ -1,0 +1,5 @@
+import sys
+
+from progan.cli import main
+
+sys.exit(main())

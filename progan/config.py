@@ -1,0 +1,337 @@
+"""Settings of a run: frozen dataclasses, named presets, JSON round-trip.
+
+A `Config` has five sections (`model`, `schedule`, `loss`, `optimizer`, `training`).
+`Config.from_dict` rejects unknown keys and impossible values with one clear line
+naming the setting, so a typo in a JSON file never trains the wrong model for days.
+
+Presets:
+  celeba64  the thesis setup: CelebA 4x4 -> 64x64, batch 16, lr 0.001, 800k + 800k images
+  paper     the official CelebA-HQ 1024x1024 settings (paper v1 minibatches)
+  demo      small widths that train 4x4 -> 32x32 on a 2-core CPU in minutes
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has an impossible value."""
+
+
+def _is_power_of_two(value: int) -> bool:
+    return isinstance(value, int) and value >= 1 and value & (value - 1) == 0
+
+
+def _require(condition: bool, setting: str, expected: str, value: Any) -> None:
+    if not condition:
+        raise ConfigError(f"{setting}: expected {expected}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Widths and details of the generator and discriminator (reference `G_paper`/`D_paper`)."""
+
+    latent_size: int = 512
+    fmap_base: int = 8192
+    fmap_decay: float = 1.0
+    fmap_max: int = 512
+    max_resolution: int = 64
+    num_channels: int = 3
+    normalize_latents: bool = True
+    pixelnorm_epsilon: float = 1e-8
+    leaky_slope: float = 0.2
+    mbstd_group_size: int = 4
+    # Fuse upscale+conv / conv+downscale into one strided 4x4 convolution from this
+    # resolution on (the reference fuses from 128); 0 disables fusing.
+    fused_scale_from: int = 128
+    spectral_norm: bool = False
+
+    def validate(self) -> None:
+        _require(self.latent_size >= 1, "model.latent_size", "a positive integer", self.latent_size)
+        _require(_is_power_of_two(self.max_resolution) and 4 <= self.max_resolution <= 1024,
+                 "model.max_resolution", "a power of two from 4 to 1024", self.max_resolution)
+        _require(self.fmap_base >= 1 and self.fmap_max >= 1, "model.fmap_base/fmap_max",
+                 "positive integers", (self.fmap_base, self.fmap_max))
+        _require(self.num_channels in (1, 3), "model.num_channels", "1 or 3", self.num_channels)
+        _require(self.mbstd_group_size >= 0, "model.mbstd_group_size", "0 (off) or a group size",
+                 self.mbstd_group_size)
+        _require(self.pixelnorm_epsilon > 0, "model.pixelnorm_epsilon", "a positive number",
+                 self.pixelnorm_epsilon)
+        _require(self.fused_scale_from == 0 or _is_power_of_two(self.fused_scale_from),
+                 "model.fused_scale_from", "0 or a power of two", self.fused_scale_from)
+
+    def num_features(self, stage: int) -> int:
+        """nf(s) = min(fmap_base / 2^(s * fmap_decay), fmap_max), as in the reference."""
+        return min(int(self.fmap_base / (2.0 ** (stage * self.fmap_decay))), self.fmap_max)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """Progressive-growing schedule; images seen is the clock (see `progan.training.schedule`)."""
+
+    start_resolution: int = 4
+    stable_kimg: float = 800.0
+    fade_kimg: float = 800.0
+    # None: stop when the last resolution has had its stable phase.
+    total_kimg: float | None = None
+    batch_size: int = 16
+    batch_sizes: dict[int, int] = dataclasses.field(default_factory=dict)
+    g_lr: float = 0.001
+    d_lr: float = 0.001
+    # Per-resolution learning rate for both networks, overriding g_lr/d_lr.
+    lr_by_resolution: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        _require(_is_power_of_two(self.start_resolution) and self.start_resolution >= 4,
+                 "schedule.start_resolution", "a power of two >= 4", self.start_resolution)
+        _require(self.stable_kimg > 0, "schedule.stable_kimg", "a positive number", self.stable_kimg)
+        _require(self.fade_kimg >= 0, "schedule.fade_kimg", "a number >= 0", self.fade_kimg)
+        _require(self.total_kimg is None or self.total_kimg > 0, "schedule.total_kimg",
+                 "a positive number or null", self.total_kimg)
+        _require(self.batch_size >= 1, "schedule.batch_size", "a positive integer", self.batch_size)
+        for resolution, batch in self.batch_sizes.items():
+            _require(_is_power_of_two(resolution), "schedule.batch_sizes", "power-of-two keys",
+                     resolution)
+            _require(isinstance(batch, int) and batch >= 1, f"schedule.batch_sizes[{resolution}]",
+                     "a positive integer", batch)
+        for name in ("g_lr", "d_lr"):
+            _require(getattr(self, name) > 0, f"schedule.{name}", "a positive number",
+                     getattr(self, name))
+        for resolution, lr in self.lr_by_resolution.items():
+            _require(_is_power_of_two(resolution) and lr > 0, f"schedule.lr_by_resolution[{resolution}]",
+                     "a positive number at a power-of-two resolution", lr)
+
+
+LOSSES = ("wgan_gp", "nonsaturating_r1", "least_squares")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Loss functions (`progan.losses`): WGAN-GP with drift, non-saturating + R1, least squares."""
+
+    name: str = "wgan_gp"
+    gp_lambda: float = 10.0
+    gp_gamma: float = 1.0
+    drift: float = 0.001
+    r1_gamma: float = 10.0
+
+    def validate(self) -> None:
+        _require(self.name in LOSSES, "loss.name", "one of " + ", ".join(LOSSES), self.name)
+        _require(self.gp_lambda >= 0 and self.gp_gamma > 0 and self.drift >= 0 and self.r1_gamma >= 0,
+                 "loss", "gp_lambda >= 0, gp_gamma > 0, drift >= 0, r1_gamma >= 0",
+                 (self.gp_lambda, self.gp_gamma, self.drift, self.r1_gamma))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Adam for both networks, reset as the reference does when a fade-in starts and ends."""
+
+    beta1: float = 0.0
+    beta2: float = 0.99
+    epsilon: float = 1e-8
+    reset_on_fade_start: bool = True
+    reset_on_fade_end: bool = True
+
+    def validate(self) -> None:
+        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optimizer.beta1/beta2",
+                 "values in [0, 1)", (self.beta1, self.beta2))
+        _require(self.epsilon > 0, "optimizer.epsilon", "a positive number", self.epsilon)
+
+
+STRATEGIES = ("auto", "one", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("off", "bf16", "fp16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """How a run executes and reports; none of it changes the model's mathematics."""
+
+    seed: int = 0
+    mirror: bool = True
+    ema_beta: float = 0.999
+    tick_kimg: float = 20.0
+    snapshot_kimg: float = 200.0
+    keep_checkpoints: int = 5
+    max_nonfinite_steps: int = 20
+    strategy: str = "auto"
+    mixed_precision: str = "off"
+    xla: bool = False
+    deterministic: bool = False
+    grid_size: int = 8
+    steps_per_call: int = 1
+    metrics: tuple[str, ...] = ()
+    metrics_kimg: float = 0.0
+    metrics_num_images: int = 2048
+
+    def validate(self) -> None:
+        _require(0 <= self.ema_beta < 1, "training.ema_beta", "a value in [0, 1)", self.ema_beta)
+        _require(self.tick_kimg > 0, "training.tick_kimg", "a positive number", self.tick_kimg)
+        _require(self.snapshot_kimg > 0, "training.snapshot_kimg", "a positive number",
+                 self.snapshot_kimg)
+        _require(self.keep_checkpoints >= 1, "training.keep_checkpoints", "at least 1",
+                 self.keep_checkpoints)
+        _require(self.max_nonfinite_steps >= 1, "training.max_nonfinite_steps", "at least 1",
+                 self.max_nonfinite_steps)
+        _require(self.strategy in STRATEGIES, "training.strategy", "one of " + ", ".join(STRATEGIES),
+                 self.strategy)
+        _require(self.mixed_precision in PRECISIONS, "training.mixed_precision",
+                 "one of " + ", ".join(PRECISIONS), self.mixed_precision)
+        _require(self.grid_size >= 1, "training.grid_size", "a positive integer", self.grid_size)
+        _require(self.steps_per_call >= 1, "training.steps_per_call", "a positive integer",
+                 self.steps_per_call)
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "schedule": ScheduleConfig,
+    "loss": LossConfig,
+    "optimizer": OptimizerConfig,
+    "training": TrainingConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of a run. `config.json` in a run directory is `Config.to_dict()`."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+
+    def __post_init__(self):
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        _require(self.schedule.start_resolution <= self.model.max_resolution,
+                 "schedule.start_resolution", f"at most model.max_resolution "
+                 f"({self.model.max_resolution})", self.schedule.start_resolution)
+
+    def to_dict(self) -> dict:
+        return {name: _section_to_dict(getattr(self, name)) for name in SECTIONS}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "Config":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"{source}: unknown section {unknown[0]!r}; expected "
+                              + ", ".join(SECTIONS))
+        return cls(**{name: _section_from_dict(SECTIONS[name], data.get(name, {}), f"{source}:{name}")
+                      for name in SECTIONS})
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> "Config":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{source}: not valid JSON ({error})") from None
+        return cls.from_dict(data, source)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """Copy with dotted overrides, e.g. ``replace(**{"schedule.batch_size": 32})``."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            if section not in SECTIONS or key not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+                raise ConfigError(f"unknown setting {dotted!r}")
+            data[section][key] = value
+        return Config.from_dict(data, "override")
+
+    def diff(self, other: "Config") -> list[str]:
+        """Dotted names of the settings that differ between two configs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{section}.{key}" for section in SECTIONS for key in mine[section]
+                if mine[section][key] != theirs[section][key]]
+
+
+def _section_to_dict(section) -> dict:
+    data = dataclasses.asdict(section)
+    for key, value in data.items():
+        if isinstance(value, tuple):
+            data[key] = list(value)
+        elif isinstance(value, dict):
+            data[key] = {str(k): v for k, v in value.items()}
+    return data
+
+
+def _section_from_dict(section_class, data: dict, source: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    fields = {field.name: field for field in dataclasses.fields(section_class)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting {unknown[0]!r}; expected one of "
+                          + ", ".join(fields))
+    values = {}
+    for key, value in data.items():
+        default = fields[key].default
+        if key in ("batch_sizes", "lr_by_resolution"):
+            try:
+                value = {int(k): v for k, v in value.items()}
+            except (AttributeError, ValueError):
+                raise ConfigError(f"{source}.{key}: expected an object keyed by resolution, "
+                                  f"got {value!r}") from None
+        elif key == "metrics":
+            value = tuple(value)
+        elif isinstance(default, bool):
+            _require(isinstance(value, bool), f"{source}.{key}", "true or false", value)
+        elif isinstance(default, int) and not isinstance(default, bool):
+            _require(isinstance(value, int) and not isinstance(value, bool), f"{source}.{key}",
+                     "an integer", value)
+        elif isinstance(default, float):
+            _require(isinstance(value, (int, float)) and not isinstance(value, bool)
+                     and math.isfinite(value), f"{source}.{key}", "a number", value)
+            value = float(value)
+        elif isinstance(default, str):
+            _require(isinstance(value, str), f"{source}.{key}", "a string", value)
+        values[key] = value
+    return section_class(**values)
+
+
+def _preset_celeba64() -> Config:
+    return Config(
+        model=ModelConfig(latent_size=512, fmap_base=8192, fmap_max=512, max_resolution=64),
+        schedule=ScheduleConfig(stable_kimg=800, fade_kimg=800, batch_size=16, g_lr=0.001, d_lr=0.001),
+        training=TrainingConfig(mirror=True, tick_kimg=20, snapshot_kimg=200),
+    )
+
+
+def _preset_paper() -> Config:
+    return Config(
+        model=ModelConfig(latent_size=512, fmap_base=8192, fmap_max=512, max_resolution=1024),
+        schedule=ScheduleConfig(stable_kimg=800, fade_kimg=800, batch_size=16,
+                                batch_sizes={256: 14, 512: 6, 1024: 3}, g_lr=0.001, d_lr=0.001),
+        training=TrainingConfig(mirror=True, tick_kimg=160, snapshot_kimg=1600),
+    )
+
+
+def _preset_demo() -> Config:
+    return Config(
+        model=ModelConfig(latent_size=64, fmap_base=256, fmap_max=64, max_resolution=32),
+        schedule=ScheduleConfig(stable_kimg=20, fade_kimg=20, batch_size=16, g_lr=0.002, d_lr=0.002),
+        training=TrainingConfig(mirror=True, tick_kimg=4, snapshot_kimg=20, grid_size=6),
+    )
+
+
+PRESETS = {"celeba64": _preset_celeba64, "paper": _preset_paper, "demo": _preset_demo}
+
+
+def load_config(name_or_path: str | Path) -> Config:
+    """A preset by name, or a JSON file (a whole config or a run's config.json)."""
+    if str(name_or_path) in PRESETS:
+        return PRESETS[str(name_or_path)]()
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"--config {name_or_path}: expected a preset ({', '.join(PRESETS)}) "
+                          "or a JSON file")
+    return Config.from_json(path.read_text(), str(path))

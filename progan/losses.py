@@ -1,0 +1,92 @@
+"""GAN losses as per-sample values (the trainer averages them over the global batch).
+
+Each discriminator loss returns a dict of ``[N]`` float32 tensors: ``loss`` (what is
+minimised) and its terms for the log. Each generator loss maps fake scores ``[N, 1]`` to a
+``[N]`` loss. Three families, selected by `LossConfig.name`:
+
+  wgan_gp           D: D(G(z)) - D(x) + lambda (||grad D(x_hat)||_2 - gamma)^2 / gamma^2
+                       + drift * D(x)^2,  x_hat = x + u (G(z) - x), u ~ U[0, 1) per sample
+                    G: -D(G(z))                       (Gulrajani et al. 2017; Karras et al. 2018)
+  nonsaturating_r1  D: softplus(D(G(z))) + softplus(-D(x)) + r1_gamma / 2 ||grad D(x)||^2
+                    G: softplus(-D(G(z)))             (Goodfellow et al. 2014; Mescheder et al. 2018)
+  least_squares     D: ((D(x) - 1)^2 + D(G(z))^2) / 2
+                    G: (D(G(z)) - 1)^2 / 2            (Mao et al. 2017)
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from progan.config import LossConfig
+
+
+def _scores(discriminator, images, training=True):
+    return tf.cast(tf.reshape(discriminator(images, training=training), [-1]), tf.float32)
+
+
+def _input_gradient_norm_squared(discriminator, images, gradient_scale=1.0):
+    """Per-sample ||d D(images) / d images||^2, in float32.
+
+    ``gradient_scale`` multiplies the inner objective before differentiation and is divided
+    out afterwards, so float16 gradients do not underflow (dynamic loss scaling).
+    """
+    images = tf.cast(images, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        scores = _scores(discriminator, images)
+        objective = tf.reduce_sum(scores) * gradient_scale
+    gradients = tf.cast(tape.gradient(objective, images), tf.float32) / gradient_scale
+    return tf.reduce_sum(tf.square(gradients), axis=[1, 2, 3]), scores
+
+
+def discriminator_loss(config: LossConfig, discriminator, reals, fakes, mixing=None,
+                       gradient_scale=1.0) -> dict:
+    """Per-sample discriminator loss and its terms.
+
+    Args:
+        config: which loss and its constants.
+        discriminator: callable images -> scores ``[N, 1]``.
+        reals, fakes: ``[N, H, W, C]`` images.
+        mixing: ``[N]`` factors u ~ U[0, 1) for the WGAN-GP interpolation (drawn by the
+            caller, so replicas and tests can control them).
+        gradient_scale: inner loss scale for the gradient penalty under float16.
+    Returns:
+        dict of ``[N]`` tensors: ``loss``, ``real_score``, ``fake_score`` and ``penalty``.
+    """
+    if config.name == "wgan_gp":
+        real_scores = _scores(discriminator, reals)
+        fake_scores = _scores(discriminator, fakes)
+        reals32, fakes32 = tf.cast(reals, tf.float32), tf.cast(fakes, tf.float32)
+        mixing = tf.reshape(tf.cast(mixing, tf.float32), [-1, 1, 1, 1])
+        mixed = reals32 + mixing * (fakes32 - reals32)
+        norm_squared, _ = _input_gradient_norm_squared(discriminator, mixed, gradient_scale)
+        norm = tf.sqrt(norm_squared + 1e-12)
+        penalty = tf.square(norm - config.gp_gamma) / config.gp_gamma ** 2
+        loss = (fake_scores - real_scores + config.gp_lambda * penalty
+                + config.drift * tf.square(real_scores))
+    elif config.name == "nonsaturating_r1":
+        norm_squared, real_scores = _input_gradient_norm_squared(discriminator, reals, gradient_scale)
+        fake_scores = _scores(discriminator, fakes)
+        penalty = norm_squared
+        loss = (tf.nn.softplus(fake_scores) + tf.nn.softplus(-real_scores)
+                + config.r1_gamma * 0.5 * penalty)
+    elif config.name == "least_squares":
+        real_scores = _scores(discriminator, reals)
+        fake_scores = _scores(discriminator, fakes)
+        penalty = tf.zeros_like(real_scores)
+        loss = 0.5 * (tf.square(real_scores - 1.0) + tf.square(fake_scores))
+    else:
+        raise ValueError(f"loss.name: unknown loss {config.name!r}")
+    return {"loss": loss, "real_score": real_scores, "fake_score": fake_scores, "penalty": penalty}
+
+
+def generator_loss(config: LossConfig, fake_scores) -> tf.Tensor:
+    """Per-sample generator loss ``[N]`` from the discriminator's scores of the fakes."""
+    fake_scores = tf.cast(tf.reshape(fake_scores, [-1]), tf.float32)
+    if config.name == "wgan_gp":
+        return -fake_scores
+    if config.name == "nonsaturating_r1":
+        return tf.nn.softplus(-fake_scores)
+    if config.name == "least_squares":
+        return 0.5 * tf.square(fake_scores - 1.0)
+    raise ValueError(f"loss.name: unknown loss {config.name!r}")

@@ -1,0 +1,1 @@
+"""Progressive training: schedule, trainer, checkpoint state, reports, distribution."""
