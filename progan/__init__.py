@@ -7,7 +7,7 @@ def _check_backend():
     """Fail at import with one clear line on an unsupported Keras/TensorFlow."""
     import os
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ start-up chatter out of logs
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ chatter; real failures raise in Python
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend != "tensorflow":
         raise ImportError(

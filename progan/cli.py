@@ -44,11 +44,145 @@ def _run_summary(args, parser):
     print(f"  discriminator {counts['discriminator']:>12,}")
 
 
+DEFAULT_DATA = Path("tfrecords/synthetic")
+DEFAULT_RUN = Path("runs/demo")
+DEMO_DATA = {"num_images": 4096, "resolution": 32, "seed": 0}
+
+# flag -> (dotted setting, type)
+OVERRIDES = {
+    "--resolution": ("model.max_resolution", int),
+    "--latent-size": ("model.latent_size", int),
+    "--fmap-base": ("model.fmap_base", int),
+    "--fmap-max": ("model.fmap_max", int),
+    "--fade-kimg": ("schedule.fade_kimg", float),
+    "--stable-kimg": ("schedule.stable_kimg", float),
+    "--total-kimg": ("schedule.total_kimg", float),
+    "--batch": ("schedule.batch_size", int),
+    "--loss": ("loss.name", str),
+    "--seed": ("training.seed", int),
+    "--tick-kimg": ("training.tick_kimg", float),
+    "--snapshot-kimg": ("training.snapshot_kimg", float),
+    "--keep-checkpoints": ("training.keep_checkpoints", int),
+    "--strategy": ("training.strategy", str),
+    "--mixed-precision": ("training.mixed_precision", str),
+    "--steps-per-call": ("training.steps_per_call", int),
+    "--metrics-kimg": ("training.metrics_kimg", float),
+}
+
+
+def _add_overrides(parser):
+    parser.add_argument("--config", default=None,
+                        help="preset (celeba64, paper, demo) or JSON file; default demo")
+    group = parser.add_argument_group("overrides of the config")
+    for flag, (setting, kind) in OVERRIDES.items():
+        group.add_argument(flag, type=kind, default=None, help=f"sets {setting}")
+    group.add_argument("--lr", type=float, default=None, help="learning rate of both networks")
+    group.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                       help="left-right mirror augmentation")
+    group.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
+                       help="jit-compile the train steps with XLA")
+    group.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                       help="deterministic ops (bitwise-exact resume on the CPU)")
+    group.add_argument("--metrics", default=None, help="metrics evaluated during training, e.g. swd")
+
+
+def config_from_args(args):
+    """The preset or file named by --config with every given override applied."""
+    from progan.config import load_config
+
+    config = load_config(args.config or "demo")
+    overrides = {setting: getattr(args, flag[2:].replace("-", "_"))
+                 for flag, (setting, _) in OVERRIDES.items()
+                 if getattr(args, flag[2:].replace("-", "_")) is not None}
+    if args.lr is not None:
+        overrides.update({"schedule.g_lr": args.lr, "schedule.d_lr": args.lr,
+                          "schedule.lr_by_resolution": {}})
+    for name in ("mirror", "xla", "deterministic"):
+        if getattr(args, name) is not None:
+            overrides[f"training.{name}"] = getattr(args, name)
+    if args.metrics is not None:
+        overrides["training.metrics"] = [m for m in args.metrics.split(",") if m]
+    return config.replace(**overrides) if overrides else config
+
+
+def _add_train(subparsers):
+    parser = subparsers.add_parser(
+        "train", help="train progressively (no --data: the built-in synthetic demo)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help=f"prepared dataset directory (default: build {DEFAULT_DATA} once)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"run directory (default {DEFAULT_RUN} for the demo)")
+    _add_overrides(parser)
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args, parser):
+    from progan.training import trainer
+
+    config = config_from_args(args)
+    data, out = args.data, args.out
+    if data is None:
+        from progan.dataset.synthetic import ensure_synthetic
+
+        print(f"progan train: no --data given, so this runs the built-in demo: the synthetic "
+              f"face set ({DEMO_DATA['num_images']} images, built once into {DEFAULT_DATA}) and "
+              f"the '{args.config or 'demo'}' preset, 4x4 -> {config.model.max_resolution}x"
+              f"{config.model.max_resolution} ({config.schedule.total_kimg or 'full schedule'} kimg); "
+              f"the demo preset takes about 15 minutes on a 2-core CPU.", flush=True)
+        data = ensure_synthetic(DEFAULT_DATA, **DEMO_DATA)
+        out = out or DEFAULT_RUN
+    elif out is None:
+        parser.error("--out is required with --data")
+    result = trainer.train(config, data, out)
+    _print_result(result, out)
+
+
+def _print_result(result, out):
+    if not result.get("stopped"):
+        print(f"run directory: {out} (fakes*.png, curves.png, log.txt, checkpoints/)")
+
+
+def _add_resume(subparsers):
+    parser = subparsers.add_parser("resume", help="continue a run from its latest snapshot")
+    parser.add_argument("run_dir", type=Path, help="run directory")
+    parser.set_defaults(run=_run_resume)
+
+
+def _run_resume(args, parser):
+    from progan.training import trainer
+
+    _print_result(trainer.resume(args.run_dir), args.run_dir)
+
+
+def _add_finetune(subparsers):
+    parser = subparsers.add_parser(
+        "finetune", help="continue from a snapshot at a reduced learning rate, in a new run")
+    parser.add_argument("run_dir", type=Path, help="the source run directory")
+    parser.add_argument("--checkpoint", default="latest",
+                        help="latest | best | best:METRIC | KIMG (default latest)")
+    parser.add_argument("--lr-scale", type=float, default=0.8,
+                        help="factor on the learning rates (thesis: 0.0008 / 0.001 = 0.8)")
+    parser.add_argument("--kimg", type=float, required=True, help="how many kimg to train")
+    parser.add_argument("--out", type=Path, required=True, help="new run directory")
+    parser.add_argument("--reset-optimizer", action="store_true",
+                        help="start with fresh Adam states instead of the snapshot's")
+    parser.set_defaults(run=_run_finetune)
+
+
+def _run_finetune(args, parser):
+    from progan.training import trainer
+
+    result = trainer.finetune(args.run_dir, args.out, args.checkpoint, args.lr_scale, args.kimg,
+                              args.reset_optimizer)
+    _print_result(result, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="progan", description="Progressive Growing of GANs for TensorFlow 2 / Keras 3")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_summary(subparsers)
+    for add in (_add_train, _add_resume, _add_finetune, _add_summary):
+        add(subparsers)
     return parser
 
 
@@ -56,10 +190,14 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from progan.config import ConfigError
+    from progan.dataset.format import DatasetError
+    from progan.training.distribute import DistributeError
+    from progan.training.state import CheckpointError
+    from progan.training.trainer import TrainingError
 
     try:
         result = args.run(args, parser)
-    except ConfigError as error:
+    except (ConfigError, DatasetError, TrainingError, CheckpointError, DistributeError) as error:
         parser.exit(2, f"progan {args.command}: error: {error}\n")
     return int(result or 0)
 

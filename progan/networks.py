@@ -36,14 +36,16 @@ class ProGAN:
 
     Args:
         config: a `progan.config.ModelConfig`.
+        with_discriminator: False builds the generator only (e.g. for its moving average).
     Attributes:
         generator_fade, discriminator_fade: the `FadeIn` layers holding each network's alpha.
     """
 
-    def __init__(self, config: ModelConfig | None = None):
+    def __init__(self, config: ModelConfig | None = None, with_discriminator: bool = True):
         self.config = config or ModelConfig()
         self.config.validate()
         self.max_level = level_of(self.config.max_resolution)
+        self.with_discriminator = with_discriminator
         self.generator_fade = FadeIn(name="generator_fade")
         self.discriminator_fade = FadeIn(name="discriminator_fade")
         self._generator_blocks = {level: self._generator_block(level)
@@ -60,12 +62,12 @@ class ProGAN:
         self._models: dict = {}
         self._layer_tables: dict = {}
         # Build every layer now, so a checkpoint has one shape for the whole run.
-        for level in range(2, self.max_level + 1):
-            self.generator(2 ** level)
-            self.discriminator(2 ** level)
-        if self.max_level > 2:
-            self.generator(self.config.max_resolution, fading=True)
-            self.discriminator(self.config.max_resolution, fading=True)
+        networks = [self.generator] + ([self.discriminator] if with_discriminator else [])
+        for network in networks:
+            for level in range(2, self.max_level + 1):
+                network(2 ** level)
+            if self.max_level > 2:
+                network(self.config.max_resolution, fading=True)
 
     # -- block builders ---------------------------------------------------------------
 
@@ -163,6 +165,8 @@ class ProGAN:
         With ``fading=True`` the new block's output is blended with ``fromRGB(downscale(images))``
         before the previous blocks: ``lerp(old, new, alpha)``.
         """
+        if not self.with_discriminator:
+            raise ValueError("this ProGAN was built with_discriminator=False")
         level = self._check_stage(resolution, fading)
         key = ("discriminator", level, fading)
         if key not in self._models:
