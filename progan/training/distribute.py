@@ -1,8 +1,11 @@
 """Choosing a `tf.distribute` strategy and feeding it the global batch.
 
 The trainer always works on *global* batches: the input pipeline yields the same global
-batch whatever the number of replicas, and each replica takes its contiguous slice, so a
-run's mathematics do not depend on how many devices share it.
+batch whatever the number of replicas, and replica r of R takes samples r, r + R, r + 2R, ...
+Strided (not contiguous) slices keep the reference's minibatch-stddev groups: on one device
+sample i is in group i mod (N / G), and with R replicas each replica's groups are exactly
+those groups whenever N / G is a multiple of R. So a run's mathematics do not depend on how
+many devices share it.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def check_global_batch(strategy: tf.distribute.Strategy, global_batch: int, grou
 
 
 def distribute_global_batches(strategy: tf.distribute.Strategy, make_dataset, global_batch: int):
-    """A distributed dataset whose replica r receives slice r of every global batch.
+    """A distributed dataset whose replica r receives samples r, r + R, ... of every global batch.
 
     Args:
         strategy: the strategy.
@@ -107,8 +110,9 @@ def distribute_global_batches(strategy: tf.distribute.Strategy, make_dataset, gl
         first = context.input_pipeline_id * local
 
         def slices(batch):
-            return tf.data.Dataset.from_tensor_slices(
-                tf.reshape(batch, [replicas, per_replica, *batch.shape[1:]])[first:first + local])
+            by_replica = tf.reshape(batch, [per_replica, replicas, *batch.shape[1:]])
+            by_replica = tf.transpose(by_replica, [1, 0, *range(2, batch.shape.rank + 1)])
+            return tf.data.Dataset.from_tensor_slices(by_replica[first:first + local])
 
         return make_dataset().flat_map(slices).prefetch(2)
 
@@ -118,9 +122,10 @@ def distribute_global_batches(strategy: tf.distribute.Strategy, make_dataset, gl
 
 
 def replica_slice(global_tensor, global_batch: int):
-    """This replica's contiguous slice of a tensor computed identically on every replica."""
+    """This replica's strided slice (samples r, r + R, ...) of a tensor computed identically
+    on every replica."""
     context = tf.distribute.get_replica_context()
     replicas = context.num_replicas_in_sync
-    per_replica = global_batch // replicas
-    start = context.replica_id_in_sync_group * per_replica
-    return global_tensor[start:start + per_replica] if replicas > 1 else global_tensor
+    if replicas == 1:
+        return global_tensor
+    return global_tensor[context.replica_id_in_sync_group::replicas]

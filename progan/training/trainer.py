@@ -38,6 +38,11 @@ RUN_FILE = "config.json"
 LOSS_SCALE_PERIOD = 2000
 
 
+def fakes_name(images_seen: int) -> str:
+    """``fakes<kimg>.png``, kimg zero-padded with three decimals so names sort by time."""
+    return f"fakes{images_seen / 1000:09.3f}.png"
+
+
 class TrainingError(RuntimeError):
     """A run cannot start or continue; the message says why and what to do."""
 
@@ -241,6 +246,20 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------
 
+    def run_iterations(self, count: int) -> None:
+        """Run ``count`` iterations from the current images seen, without ticks or snapshots
+        (tests and benchmarks). Every iteration uses the stage it starts in."""
+        for _ in range(count):
+            images_seen = int(self.images_seen.numpy())
+            stage = self.schedule.stage_at(images_seen)
+            self._enter_stage(stage)
+            self._step_function(stage)(self._iterator(stage, images_seen), tf.constant(1, tf.int64))
+
+    def _step_function(self, stage: Stage):
+        if stage.key not in self._steps:
+            self._steps[stage.key] = self._make_step(stage)
+        return self._steps[stage.key]
+
     def _iterator(self, stage: Stage, images_seen: int):
         from progan.dataset import reader
 
@@ -279,20 +298,31 @@ class Trainer:
                                        else images_seen)
         self.ema.set_alpha(stage.alpha)
         generator = self.ema.generator(stage.resolution, stage.fading)
-        return to_uint8(generator.predict(latents, batch_size=64, verbose=0))
+        # Direct calls, not Model.predict: predict would run collectives under a multi-worker
+        # strategy, and only the chief draws images.
+        return np.concatenate([to_uint8(generator(latents[i:i + 64], training=False))
+                               for i in range(0, len(latents), 64)])
 
     def snapshot(self) -> None:
         """Checkpoint plus the fixed-latent grid of the EMA generator and the curves."""
         images_seen = int(self.images_seen.numpy())
+        if not self._weights_finite():
+            self.reporter.log(f"not writing a snapshot at kimg {images_seen / 1000:.1f}: "
+                              "the weights are not finite")
+            return
         path = self.store.save(images_seen)
         if not self.chief:
             return
         kimg = images_seen / 1000
         grid = image_grid(self.ema_images(self._grid_latents), self.config.training.grid_size)
-        save_png(self.run_dir / f"fakes{images_seen // 1000:06d}.png", grid)
+        save_png(self.run_dir / fakes_name(images_seen), grid)
         self.reporter.images("fakes", grid, images_seen)
         plot_curves(self.run_dir, [b / 1000 for b in self.schedule.boundaries()])
         self.reporter.log(f"snapshot {path.name} at kimg {kimg:.1f}")
+
+    def _weights_finite(self) -> bool:
+        variables = self.generator_variables + self.discriminator_variables + self.ema_variables
+        return bool(all(tf.reduce_all(tf.math.is_finite(v)).numpy() for v in variables))
 
     def _save_reals(self) -> None:
         path = self.run_dir / "reals.png"
@@ -359,9 +389,7 @@ class Trainer:
         while not self.schedule.is_finished(images_seen) and not self._stop_requested:
             stage = self.schedule.stage_at(images_seen)
             self._enter_stage(stage)
-            if stage.key not in self._steps:
-                self._steps[stage.key] = self._make_step(stage)
-            run_steps = self._steps[stage.key]
+            run_steps = self._step_function(stage)
             iterator = self._iterator(stage, images_seen)
             stage_end = min(stage.end_images, self.schedule.total_images)
             while images_seen < stage_end and not self._stop_requested:
@@ -446,6 +474,9 @@ class Trainer:
 def train(config: Config, data: Path, run_dir: Path, strategy=None) -> dict:
     """Start a run in ``run_dir`` (or continue it when it exists with the same config)."""
     run_dir = Path(run_dir)
+    strategy = strategy or distribute.make_strategy(config.training.strategy)
+    if not distribute.is_chief(strategy):  # workers write nothing; the chief checks and writes
+        return _run(config, data, run_dir, strategy)
     if (run_dir / RUN_FILE).exists():
         existing = read_run(run_dir)
         differences = existing["config"].diff(config)
@@ -467,8 +498,12 @@ def train(config: Config, data: Path, run_dir: Path, strategy=None) -> dict:
 def resume(run_dir: Path, strategy=None) -> dict:
     """Continue a run from its newest readable snapshot, with no other argument."""
     run = read_run(run_dir)
-    trainer = Trainer(run["config"], Path(run["data"]), Path(run_dir), strategy)
-    if list_snapshots(Path(run_dir) / "checkpoints"):
+    return _run(run["config"], Path(run["data"]), Path(run_dir), strategy)
+
+
+def _run(config: Config, data: Path, run_dir: Path, strategy=None) -> dict:
+    trainer = Trainer(config, data, run_dir, strategy)
+    if list_snapshots(run_dir / "checkpoints"):
         trainer.restore()
     return trainer.train()
 
@@ -494,9 +529,9 @@ def select_snapshot(run_dir: Path, which: str) -> int:
         wanted = int(round(float(which) * 1000))
     except ValueError:
         raise TrainingError(f"--checkpoint {which}: expected latest, best or a kimg number") from None
-    for seen, _ in snapshots:
-        if abs(seen - wanted) < 500:
-            return seen
+    nearest = min((abs(seen - wanted), seen) for seen, _ in snapshots)
+    if nearest[0] <= 500:  # kimg as printed in file names and logs, rounded
+        return nearest[1]
     available = ", ".join(f"{seen / 1000:g}" for seen, _ in snapshots)
     raise TrainingError(f"--checkpoint {which}: no snapshot at that kimg (have: {available})")
 

@@ -1,0 +1,245 @@
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO, TINY_CONFIG, run_progan
+
+from progan.config import Config
+from progan.training import trainer as training
+from progan.training.state import list_snapshots
+
+
+def tiny(**overrides) -> Config:
+    return Config.from_dict(TINY_CONFIG).replace(**overrides)
+
+
+def snapshot_arrays(run_dir):
+    """Every variable of the newest snapshot, by checkpoint key."""
+    seen, path = list_snapshots(run_dir / "checkpoints")[-1]
+    reader = tf.train.load_checkpoint(str(path / "ckpt"))
+    return seen, {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(str(path / "ckpt"))
+                  if "OBJECT_GRAPH" not in name}
+
+
+def _wait_for_new_snapshot(process, run_dir, after, limit=120):
+    deadline = time.time() + limit
+    while time.time() < deadline and process.poll() is None:
+        snapshots = list_snapshots(run_dir / "checkpoints")
+        if snapshots and snapshots[-1][0] > after:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_dataset, tiny_config_file):
+    """SIGKILL at an arbitrary moment, then SIGTERM, each followed by `progan resume`."""
+    common = ["--config", tiny_config_file, "--data", tiny_dataset, "--deterministic"]
+    straight = tmp_path / "straight"
+    result = run_progan("train", *common, "--out", straight)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    interrupted = tmp_path / "interrupted"
+    rng = random.Random(7)
+    command = [sys.executable, "-m", "progan", "train", *map(str, common), "--out", str(interrupted)]
+    interruptions = []
+    for stop_signal in (signal.SIGKILL, signal.SIGTERM):
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+        before = (list_snapshots(interrupted / "checkpoints") or [(-1, None)])[-1][0]
+        assert _wait_for_new_snapshot(process, interrupted, max(before, 0)), "no progress to interrupt"
+        time.sleep(rng.uniform(0.0, 0.3))
+        process.send_signal(stop_signal)
+        output = process.communicate(timeout=120)[0]
+        interruptions.append((stop_signal, process.returncode, output))
+        command = [sys.executable, "-m", "progan", "resume", str(interrupted)]
+    assert interruptions[0][1] == -signal.SIGKILL
+    sigterm_code, sigterm_output = interruptions[1][1], interruptions[1][2]
+    if "done: kimg" not in sigterm_output:  # the run may have finished before SIGTERM landed
+        assert sigterm_code == 0 and f"progan resume {interrupted}" in sigterm_output, sigterm_output[-2000:]
+    result = run_progan("resume", interrupted)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    seen_straight, straight_arrays = snapshot_arrays(straight)
+    seen_interrupted, interrupted_arrays = snapshot_arrays(interrupted)
+    assert seen_straight == seen_interrupted
+    assert straight_arrays.keys() == interrupted_arrays.keys() and len(straight_arrays) > 20
+    for name, array in straight_arrays.items():
+        np.testing.assert_array_equal(interrupted_arrays[name], array, err_msg=name)
+    log = (interrupted / "log.txt").read_text()
+    assert log.count("resumed from snapshot") == 2
+    assert (straight / "reals.png").exists() and (straight / "curves.png").exists()
+    assert len(list(straight.glob("fakes*.png"))) >= 3
+    stats = [json.loads(line) for line in (straight / "stats.jsonl").read_text().splitlines()]
+    assert {"kimg", "resolution", "alpha", "loss_d", "loss_g", "images_per_sec", "memory_gib"} <= stats[-1].keys()
+    assert list(straight.glob("events.out.tfevents.*"))
+
+
+def _weights(trainer):
+    return [v.numpy() for v in trainer.generator_variables + trainer.discriminator_variables
+            + trainer.ema_variables]
+
+
+def test_mirrored_iteration_equals_one_device(tmp_path, tiny_dataset):
+    # Adam's first step is lr * g / (|g| + eps): with eps = 1e-8 a gradient element that cancels
+    # to ~1e-7 flips sign on float rounding and moves by 2 lr. eps = 1e-3 keeps the update a
+    # smooth function of the gradient, so the comparison tests the distribution (same latents,
+    # same mixing factors, gradients averaged over the global batch, applied once), not rounding.
+    config = tiny(**{"schedule.batch_size": 8, "optimizer.epsilon": 1e-3})
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    assert len(devices) == 2
+    results = []
+    for strategy in (tf.distribute.OneDeviceStrategy(devices[0]), tf.distribute.MirroredStrategy(devices)):
+        trainer = training.Trainer(config, tiny_dataset, tmp_path / type(strategy).__name__, strategy)
+        before = _weights(trainer)
+        trainer.images_seen.assign(trainer.schedule.start_of(8, fading=True) + 64)  # mid-fade
+        trainer.run_iterations(1)
+        results.append((before, _weights(trainer), trainer.stat_sums.numpy()))
+    (before_one, after_one, stats_one), (before_two, after_two, stats_two) = results
+    np.testing.assert_allclose(stats_two, stats_one, rtol=1e-5)
+    for a, b in zip(before_one, before_two):
+        np.testing.assert_array_equal(a, b)
+    one, two = np.concatenate([a.ravel() for a in after_one]), np.concatenate([b.ravel() for b in after_two])
+    assert np.abs(one - two).max() / np.abs(one).max() <= 1e-5
+    changed = sum(not np.array_equal(a, start) for a, start in zip(after_one, before_one))
+    assert changed > 10  # the iteration really updated D, G and the EMA
+
+
+def test_multiworker_processes_agree_and_only_the_chief_writes(tmp_path, tiny_dataset):
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    config = tmp_path / "mw.json"
+    config.write_text(json.dumps({**TINY_CONFIG, "schedule": {**TINY_CONFIG["schedule"], "total_kimg": 0.12},
+                                  "training": {**TINY_CONFIG["training"], "strategy": "multiworker"}}))
+    script = ("import sys, hashlib, numpy as np\n"
+              "from pathlib import Path\n"
+              "from progan.config import load_config\n"
+              "from progan.training.trainer import Trainer\n"
+              "t = Trainer(load_config(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))\n"
+              "t.train()\n"
+              "h = hashlib.sha256()\n"
+              "for v in t.generator_variables + t.discriminator_variables + t.ema_variables:\n"
+              "    h.update(np.ascontiguousarray(v.numpy()).tobytes())\n"
+              "print('WEIGHTS', h.hexdigest(), int(t.images_seen.numpy()))\n")
+    processes = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                      "task": {"type": "worker", "index": index}})}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", script, str(config), str(tiny_dataset), str(tmp_path / f"run{index}")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO))
+    outputs = [process.communicate(timeout=240) for process in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+    digests = [[line for line in out.splitlines() if line.startswith("WEIGHTS")][0] for out, _ in outputs]
+    assert digests[0] == digests[1]
+    assert int(digests[0].split()[2]) >= 120
+    assert list_snapshots(tmp_path / "run0" / "checkpoints")
+    assert not (tmp_path / "run1").exists()
+
+
+def _all_checkpoint_values_finite(run_dir):
+    for _, path in list_snapshots(run_dir / "checkpoints"):
+        reader = tf.train.load_checkpoint(str(path / "ckpt"))
+        for name, _ in tf.train.list_variables(str(path / "ckpt")):
+            value = reader.get_tensor(name)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                assert np.isfinite(value).all(), name
+
+
+def test_nonfinite_steps_are_skipped_then_rolled_back(tmp_path, tiny_dataset):
+    config = tiny(**{"training.max_nonfinite_steps": 2, "training.tick_kimg": 0.008,
+                     "schedule.total_kimg": 0.2})
+    trainer = training.Trainer(config, tiny_dataset, tmp_path / "run")
+    trainer.snapshot()
+    poisoned = trainer.discriminator_variables[0]
+    poisoned.assign(tf.fill(poisoned.shape, float("nan")))
+    result = trainer.train()
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "2 non-finite steps in a row: rolled back to the snapshot at kimg 0.0" in log
+    assert result["images_seen"] >= 200 and trainer._weights_finite()
+    _all_checkpoint_values_finite(tmp_path / "run")
+
+
+def test_a_diverging_run_stops_after_a_second_rollback(tmp_path, tiny_dataset):
+    config = tiny(**{"training.max_nonfinite_steps": 2, "training.tick_kimg": 0.008,
+                     "schedule.g_lr": 1e37, "schedule.d_lr": 1e37})
+    with pytest.raises(training.TrainingError, match="non-finite steps in a row again"):
+        training.train(config, tiny_dataset, tmp_path / "run")
+    assert "rolled back" in (tmp_path / "run" / "log.txt").read_text()
+    _all_checkpoint_values_finite(tmp_path / "run")
+
+
+def test_a_skipped_step_leaves_the_weights_alone(tmp_path, tiny_dataset):
+    trainer = training.Trainer(tiny(), tiny_dataset, tmp_path / "run")
+    poisoned = trainer.discriminator_variables[0]
+    poisoned.assign(tf.fill(poisoned.shape, float("nan")))
+    before = [v.numpy() for v in trainer.discriminator_variables[1:]]
+    trainer.run_iterations(1)
+    assert int(trainer.skipped_steps.numpy()) == 1
+    for start, variable in zip(before, trainer.discriminator_variables[1:]):
+        np.testing.assert_array_equal(variable.numpy(), start)
+
+
+def test_contradicting_config_is_named(tmp_path, tiny_dataset):
+    run_dir = tmp_path / "run"
+    training.write_run(run_dir, tiny(), tiny_dataset)
+    with pytest.raises(training.TrainingError, match=r"schedule.batch_size=8 but this command asks 16"):
+        training.train(tiny(**{"schedule.batch_size": 16}), tiny_dataset, run_dir)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_dataset):
+    run_dir = tmp_path_factory.mktemp("runs") / "source"
+    config = tiny(**{"schedule.total_kimg": 0.3})
+    training.train(config, tiny_dataset, run_dir)
+    return run_dir
+
+
+def test_finetune_starts_from_the_snapshot_at_a_reduced_rate(tmp_path, finished_run):
+    with pytest.raises(training.TrainingError, match="no metric record yet"):
+        training.finetune(finished_run, tmp_path / "nope", checkpoint="best", kimg=0.1)
+    snapshots = list_snapshots(finished_run / "checkpoints")
+    start = snapshots[-2][0]
+    out = tmp_path / "tuned"
+    result = training.finetune(finished_run, out, checkpoint=f"{start / 1000}", lr_scale=0.8, kimg=0.05,
+                               reset_optimizer=True)
+    run = training.read_run(out)
+    assert run["origin"]["images_seen"] == start and run["origin"]["lr_scale"] == 0.8
+    assert run["config"].schedule.g_lr == pytest.approx(0.8 * 0.001)
+    assert run["config"].schedule.total_kimg == pytest.approx(start / 1000 + 0.05)
+    first = list_snapshots(out / "checkpoints")[0]
+    assert first[0] == start  # the fine-tuning run begins with the source snapshot's state
+    assert result["images_seen"] >= start + 50
+    source = tf.train.load_checkpoint(str(snapshots[-2][1] / "ckpt"))
+    tuned = tf.train.load_checkpoint(str(first[1] / "ckpt"))
+    key = [name for name, _ in tf.train.list_variables(str(first[1] / "ckpt")) if name.startswith("generator/0/")][0]
+    np.testing.assert_array_equal(tuned.get_tensor(key), source.get_tensor(key))
+    with pytest.raises(training.TrainingError, match="no snapshot at that kimg"):
+        training.finetune(finished_run, tmp_path / "t2", checkpoint="12345", kimg=1)
+
+
+@pytest.mark.parametrize("precision, xla", [("bf16", False), ("fp16", False), ("off", True)])
+def test_mixed_precision_and_xla_train(tmp_path, tiny_dataset, precision, xla):
+    config = tiny(**{"training.mixed_precision": precision, "training.xla": xla})
+    trainer = training.Trainer(config, tiny_dataset, tmp_path / "run")
+    trainer.images_seen.assign(trainer.schedule.start_of(8, fading=True))
+    before = [v.numpy() for v in trainer.generator_variables]
+    trainer.run_iterations(2)
+    assert int(trainer.skipped_steps.numpy()) == 0 or precision == "fp16"
+    after = [v.numpy() for v in trainer.generator_variables]
+    assert all(np.isfinite(a).all() for a in after)
+    assert any(not np.array_equal(a, b) for a, b in zip(after, before))
+    if precision == "fp16":
+        assert float(trainer.loss_scale.numpy()) <= 2.0 ** 15
