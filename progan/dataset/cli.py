@@ -1,0 +1,264 @@
+"""``progan-dataset``: create, inspect, extract, compare and verify TFRecord datasets.
+
+Every sub-command only parses its flags and calls the dataset package.
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+PROG = "progan-dataset"
+
+
+def _create_flags():
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--max-resolution", type=int, default=None,
+                        help="highest level written (e.g. 64); default: the source's resolution")
+    parent.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    parent.add_argument("--train-count", type=int, default=None,
+                        help="records in the train split (default: 200,000 for CelebA, else all)")
+    parent.add_argument("--strict", action="store_true", help="an unreadable input is an error, not a skip")
+    parent.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    parent.add_argument("--quiet", action="store_true", help="no progress output")
+    return parent
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Create and inspect multi-resolution TFRecord datasets "
+        "(the layout of NVIDIA's progressive_growing_of_gans dataset_tool.py).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    create = _create_flags()
+
+    sub = commands.add_parser("create_celeba", parents=[create],
+                              help="CelebA aligned & cropped (JPEG/PNG folder or zip)")
+    sub.add_argument("out", type=Path, metavar="OUT")
+    sub.add_argument("celeba", type=Path, metavar="CELEBA",
+                     help="img_align_celeba/, img_align_celeba_png/, img_align_celeba.zip or their parent")
+    sub.add_argument("--cx", type=int, default=89, help="crop centre x (default 89)")
+    sub.add_argument("--cy", type=int, default=121, help="crop centre y (default 121)")
+    sub.add_argument("--max-images", type=int, default=None,
+                     help="use the first N sorted files instead of checking the full 202,599")
+
+    sub = commands.add_parser("create_from_images", parents=[create],
+                              help="any folder (recursive) of JPEG/PNG/WebP images")
+    sub.add_argument("out", type=Path, metavar="OUT")
+    sub.add_argument("directory", type=Path, metavar="DIR")
+    sub.add_argument("--resolution", type=int, required=True, help="output size, a power of two")
+
+    sub = commands.add_parser("create_tfds", parents=[create], help="an image dataset of TensorFlow Datasets")
+    sub.add_argument("out", type=Path, metavar="OUT")
+    sub.add_argument("name", metavar="NAME", help="e.g. celeb_a")
+    sub.add_argument("--split", default="train")
+    sub.add_argument("--data-dir", type=Path, default=None)
+    sub.add_argument("--image-key", default="image")
+    sub.add_argument("--resolution", type=int, default=None,
+                     help="output size (not for celeb_a, which gets the 128x128 CelebA crop)")
+    sub.add_argument("--cx", type=int, default=89)
+    sub.add_argument("--cy", type=int, default=121)
+
+    sub = commands.add_parser("create_synthetic", parents=[create], help="procedural faces (demo, tests)")
+    sub.add_argument("out", type=Path, metavar="OUT")
+    sub.add_argument("--num-images", type=int, default=4096)
+    sub.add_argument("--resolution", type=int, default=32)
+    sub.add_argument("--seed", type=int, default=0)
+
+    sub = commands.add_parser("info", help="counts, levels, split, checksums, source")
+    sub.add_argument("directory", type=Path, metavar="DIR")
+
+    sub = commands.add_parser("extract", help="write some records of one level as PNGs or one grid PNG")
+    sub.add_argument("directory", type=Path, metavar="DIR")
+    sub.add_argument("dest", type=Path, metavar="DEST", help="a directory, or the grid's .png file with --grid")
+    sub.add_argument("--resolution", type=int, default=None, help="level (default: the top one)")
+    sub.add_argument("--split", default="all", choices=("train", "test", "all"))
+    sub.add_argument("--start", type=int, default=0, help="first record of the split")
+    sub.add_argument("--count", type=int, default=64)
+    sub.add_argument("--grid", action="store_true", help="one grid image instead of one PNG per record")
+
+    sub = commands.add_parser("compare", help="compare two datasets record by record")
+    sub.add_argument("first", type=Path, metavar="A")
+    sub.add_argument("second", type=Path, metavar="B")
+
+    sub = commands.add_parser("verify", help="check level files against dataset.json (sha256, counts)")
+    sub.add_argument("directory", type=Path, metavar="DIR")
+    return parser
+
+
+def _write(args, source):
+    from progan.dataset.writer import write_dataset
+
+    manifest = write_dataset(args.out, source, max_resolution=args.max_resolution,
+                             workers=args.workers, overwrite=args.overwrite, strict=args.strict,
+                             train_count=args.train_count, progress=not args.quiet)
+    print(f"{args.out}: {manifest['image_count']} images, levels "
+          f"{', '.join(str(level['resolution']) for level in manifest['levels'])}, "
+          f"train {manifest['train_count']} / test {manifest['test_count']}, "
+          f"skipped {manifest['skipped_count']}")
+    return 0
+
+
+def create_celeba(args):
+    from progan.dataset.sources import celeba_source
+
+    return _write(args, celeba_source(args.celeba, args.cx, args.cy, args.max_images))
+
+
+def create_from_images(args):
+    from progan.dataset.sources import ImageFolderSource
+
+    return _write(args, ImageFolderSource(args.directory, args.resolution))
+
+
+def create_tfds(args):
+    from progan.dataset.sources import TfdsSource
+
+    return _write(args, TfdsSource(args.name, args.split, args.data_dir, args.image_key,
+                                   args.resolution, args.cx, args.cy))
+
+
+def create_synthetic(args):
+    from progan.dataset.synthetic import SyntheticSource
+
+    return _write(args, SyntheticSource(args.num_images, args.resolution, args.seed))
+
+
+def info(args):
+    from progan.dataset.reader import open_dataset
+
+    dataset = open_dataset(args.directory)
+    manifest = dataset.manifest
+    print(f"dataset     {dataset.path}")
+    print(f"images      {dataset.image_count}")
+    print(f"split       train {dataset.train_count} (records 0..{dataset.train_count - 1}), "
+          f"test {dataset.image_count - dataset.train_count}")
+    if manifest is None:
+        print("manifest    none (reference-tool dataset): all records count as train")
+        for resolution, file in sorted(dataset.level_files.items(), reverse=True):
+            print(f"level {resolution:>4}  {file.name}  {file.stat().st_size} bytes")
+        return 0
+    print(f"source      {manifest['source']}")
+    print(f"crop        {manifest['crop']}")
+    print(f"order       {manifest['order']}")
+    print(f"channels    {manifest['channels']}")
+    print(f"skipped     {manifest['skipped_count']}")
+    for entry in manifest["skipped"][:20]:
+        print(f"  {entry['file']}: {entry['reason']}")
+    print(f"tool        progan {manifest['tool_version']} (format {manifest['format_version']})")
+    for level in manifest["levels"]:
+        print(f"level {level['resolution']:>4}  {level['file']}  {level['records']} records  "
+              f"{level['bytes']} bytes  sha256 {level['sha256']}")
+    return 0
+
+
+def extract(args):
+    import PIL.Image
+
+    from progan.dataset.format import DatasetError
+    from progan.dataset.reader import open_dataset, read_images
+
+    dataset = open_dataset(args.directory)
+    resolution = args.resolution or max(dataset.level_files)
+    if args.start < 0 or args.count < 1:
+        raise DatasetError(f"--start {args.start} --count {args.count}: expected start >= 0, count >= 1")
+    first, stop = dataset.split_range(args.split)
+    count = min(args.count, stop - first - args.start)
+    if count < 1:
+        raise DatasetError(f"--start {args.start}: the {args.split} split has {stop - first} records")
+    images = read_images(args.directory, resolution, args.split, args.start + count)[args.start:]
+    if args.grid:
+        columns = math.ceil(math.sqrt(count))
+        rows = math.ceil(count / columns)
+        grid = np.zeros((rows * resolution, columns * resolution, images.shape[-1]), np.uint8)
+        for index, image in enumerate(images):
+            row, column = divmod(index, columns)
+            grid[row * resolution:(row + 1) * resolution,
+                 column * resolution:(column + 1) * resolution] = image
+        args.dest.parent.mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(args.dest)
+        print(f"{args.dest}: grid of {count} images at {resolution}x{resolution}")
+        return 0
+    args.dest.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images, start=first + args.start):
+        PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
+            args.dest / f"img{index:08d}.png")
+    print(f"{args.dest}: {count} PNGs at {resolution}x{resolution}")
+    return 0
+
+
+def compare(args):
+    from progan.dataset.reader import iter_level, open_dataset
+
+    first, second = open_dataset(args.first), open_dataset(args.second)
+    identical = True
+    if first.image_count != second.image_count:
+        print(f"image counts differ: {first.image_count} vs {second.image_count}")
+        identical = False
+    only = set(first.level_files) ^ set(second.level_files)
+    if only:
+        print(f"levels present in only one: {', '.join(str(r) for r in sorted(only))}")
+        identical = False
+    for resolution in sorted(set(first.level_files) & set(second.level_files), reverse=True):
+        same, total, first_difference = 0, 0, None
+        batches = zip(iter_level(first.level_files[resolution]), iter_level(second.level_files[resolution]))
+        for batch_a, batch_b in batches:
+            equal = (batch_a == batch_b).reshape(len(batch_a), -1).all(axis=1)
+            if first_difference is None and not equal.all():
+                first_difference = total + int(np.argmin(equal))
+            same += int(equal.sum())
+            total += len(equal)
+        identical &= same == total == first.image_count == second.image_count
+        note = "" if first_difference is None else f", first difference at record {first_difference}"
+        print(f"level {resolution:>4}: identical {same} / {total}{note}")
+    print("identical" if identical else "different")
+    return 0 if identical else 1
+
+
+def verify(args):
+    from progan.dataset.format import DatasetError, file_sha256
+    from progan.dataset.reader import count_records, open_dataset
+
+    dataset = open_dataset(args.directory)
+    if dataset.manifest is None:
+        raise DatasetError(f"DIR {args.directory}: has no dataset.json to verify against")
+    good = True
+    for level in dataset.manifest["levels"]:
+        file = dataset.path / level["file"]
+        digest = file_sha256(file)
+        try:
+            records = count_records(file)
+        except DatasetError:
+            records = "unreadable"
+        ok = digest == level["sha256"] and records == level["records"]
+        good &= ok
+        print(f"{'OK' if ok else 'MISMATCH'}  {level['file']}  records {records}/{level['records']}"
+              f"  sha256 {'matches' if digest == level['sha256'] else 'differs: ' + digest}")
+    print("verified" if good else "the files disagree with dataset.json")
+    return 0 if good else 1
+
+
+COMMANDS = {"create_celeba": create_celeba, "create_from_images": create_from_images,
+            "create_tfds": create_tfds, "create_synthetic": create_synthetic, "info": info,
+            "extract": extract, "compare": compare, "verify": verify}
+
+
+def main(argv=None):
+    """Entry point of ``progan-dataset``; returns the exit code (2 for bad input)."""
+    from progan.dataset.format import DatasetError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DatasetError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

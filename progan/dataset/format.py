@@ -1,0 +1,123 @@
+"""The on-disk format of a prepared dataset: level files, records and the manifest.
+
+A dataset is a directory ``OUT/`` holding one uncompressed TFRecord file per
+level, ``OUT/<name>-rXX.tfrecords`` with ``<name>`` the directory's own name and
+``XX`` = log2(resolution) from ``02`` (4x4) up to the top level, exactly as the
+reference tool (NVIDIA ``dataset_tool.py``) writes them. Each record is a
+``tf.train.Example`` with two features:
+
+- ``shape``: int64 list ``[C, H, W]``;
+- ``data``: one bytes value, the uint8 image in CHW order.
+
+Record ``i`` of every level file is the same image. Our tool adds
+``OUT/dataset.json``, the manifest, a JSON object with these fields:
+
+- ``format`` (``"progan-dataset"``) and ``format_version`` (int, now 1);
+- ``tool_version``: the progan version that wrote it;
+- ``name``: the ``<name>`` prefix of the level files;
+- ``source``: how the images were obtained, ``{"kind": "celeba" | "images" |
+  "tfds" | "synthetic", ...}`` with the kind's own parameters (path, split,
+  seed, ...);
+- ``crop``: ``{"cx", "cy", "size"}`` for CelebA, ``null`` otherwise;
+- ``resolution``: the top level written (after ``--max-resolution``);
+  ``source_resolution``: the square size the images were cropped/resized to;
+- ``channels``: 3 (RGB);
+- ``image_count``: records per level file;
+- ``order``: ``"permutation(123)"`` (the reference tool's order: record ``j`` is
+  source file ``numpy.random.RandomState(123).permutation(N)[j]`` of the
+  ``N`` sorted files), ``"source"`` (the source's own order) or ``"generated"``;
+- ``train_count`` / ``test_count``: the first ``train_count`` records are the
+  train split, the rest the test split;
+- ``skipped``: list of ``{"file", "reason"}`` for inputs that could not be read;
+  ``skipped_count``;
+- ``levels``: list, one entry per level file, top level first, of
+  ``{"file", "resolution", "records", "bytes", "sha256"}`` (the record count
+  and digest let training and evaluation key caches on a level).
+"""
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+FORMAT_NAME = "progan-dataset"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "dataset.json"
+MIN_LOG2 = 2
+LEVEL_FILE_PATTERN = re.compile(r"^(?P<name>.+)-r(?P<log2>\d{2})\.tfrecords$")
+
+
+class DatasetError(Exception):
+    """Bad input or a dataset that cannot be used; the message is one line for the user."""
+
+
+def level_filename(name, resolution):
+    """The reference tool's file name of one level: ``<name>-rXX.tfrecords``, XX = log2(resolution)."""
+    return f"{name}-r{log2_resolution(resolution):02d}.tfrecords"
+
+
+def log2_resolution(resolution):
+    """log2 of a power-of-two resolution >= 4; raises DatasetError otherwise."""
+    resolution = int(resolution)
+    log2 = resolution.bit_length() - 1
+    if resolution < 4 or resolution != 1 << log2:
+        raise DatasetError(f"resolution {resolution}: expected a power of two >= 4")
+    return log2
+
+
+def find_level_files(directory):
+    """Level files in a dataset directory as ``{resolution: Path}`` (reference or our layout)."""
+    directory = Path(directory)
+    levels = {}
+    for path in sorted(directory.iterdir()):
+        match = LEVEL_FILE_PATTERN.match(path.name)
+        if match and path.is_file():
+            levels[1 << int(match["log2"])] = path
+    return levels
+
+
+def serialize_example(image_chw):
+    """One record: a serialized ``tf.train.Example`` with ``shape`` [C, H, W] and ``data`` (uint8 CHW bytes)."""
+    import tensorflow as tf
+
+    feature = {
+        "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=image_chw.shape)),
+        "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_chw.tobytes()])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def file_sha256(path, chunk_size=1 << 20):
+    """Hex sha256 digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(directory):
+    """The parsed ``dataset.json`` of a dataset directory, or None if it has none."""
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{path}: not a readable JSON manifest ({error})") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{path}: not a {FORMAT_NAME} manifest")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: format_version {manifest['format_version']} is newer than this tool "
+            f"understands ({FORMAT_VERSION}); upgrade progan")
+    return manifest
+
+
+def write_manifest(directory, manifest):
+    """Write ``dataset.json`` (indented, keys in insertion order) atomically."""
+    path = Path(directory) / MANIFEST_NAME
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(partial, path)

@@ -1,0 +1,75 @@
+"""Helpers shared by the dataset tests and tools/bench_dataset.py.
+
+``reference_create_celeba`` is a plain, independent re-statement of what NVIDIA's
+``dataset_tool.py create_celeba`` does (see shared/REFERENCE.md): Pillow +
+np.asarray, the 128x128 crop, the float32 2x2 mean chain with rint/clip/uint8,
+CHW, RandomState(123) order, one TFRecordWriter per level, single-threaded.
+"""
+
+import glob
+import os
+
+import numpy as np
+import PIL.Image
+
+
+def make_celeba_like_images(directory, count, seed=0, suffix=".png", size=(178, 218), quality=90):
+    """Write ``count`` photo-like images (smooth colour waves + grain) named 000001<suffix>, ...;
+    returns their paths in sorted order."""
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    paths = []
+    for index in range(count):
+        freq = rng.uniform(0.02, 0.12, (3, 2))
+        phase = rng.uniform(0, 6.3, 3)
+        image = np.stack([128 + 100 * np.sin(x * freq[c, 0] + y * freq[c, 1] + phase[c])
+                          for c in range(3)], axis=-1)
+        image += rng.normal(0, 6, image.shape)
+        image = PIL.Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8))
+        path = os.path.join(str(directory), f"{index + 1:06d}{suffix}")
+        image.save(path, **({"quality": quality} if suffix == ".jpg" else {}))
+        paths.append(path)
+    return paths
+
+
+def reference_create_celeba(out_dir, png_dir, cx=89, cy=121):
+    """The reference tool's create_celeba on every PNG in png_dir (no count check)."""
+    import tensorflow as tf
+
+    files = sorted(glob.glob(os.path.join(str(png_dir), "*.png")))
+    order = np.arange(len(files))
+    np.random.RandomState(123).shuffle(order)
+    os.makedirs(out_dir, exist_ok=True)
+    prefix = os.path.join(str(out_dir), os.path.basename(str(out_dir)))
+    writers = [tf.io.TFRecordWriter(prefix + "-r%02d.tfrecords" % (7 - lod)) for lod in range(6)]
+    for idx in range(order.size):
+        img = np.asarray(PIL.Image.open(files[order[idx]]))
+        assert img.shape == (218, 178, 3)
+        img = img[cy - 64:cy + 64, cx - 64:cx + 64].transpose(2, 0, 1)
+        for lod, writer in enumerate(writers):
+            if lod:
+                img = img.astype(np.float32)
+                img = (img[:, 0::2, 0::2] + img[:, 0::2, 1::2]
+                       + img[:, 1::2, 0::2] + img[:, 1::2, 1::2]) * 0.25
+            quant = np.rint(img).clip(0, 255).astype(np.uint8)
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=quant.shape)),
+                "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[quant.tobytes()]))}))
+            writer.write(example.SerializeToString())
+    for writer in writers:
+        writer.close()
+    return len(files)
+
+
+def read_records(path):
+    """[(shape tuple, data bytes)] of a TFRecord level file, parsed with tf.train.Example."""
+    import tensorflow as tf
+
+    records = []
+    for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+        example = tf.train.Example.FromString(raw)
+        feature = example.features.feature
+        records.append((tuple(feature["shape"].int64_list.value), feature["data"].bytes_list.value[0]))
+    return records
