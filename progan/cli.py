@@ -177,11 +177,42 @@ def _run_finetune(args, parser):
     _print_result(result, args.out)
 
 
+def _add_bench(subparsers):
+    parser = subparsers.add_parser(
+        "bench", help="images/s of a full training iteration per stage, FLOPs, fraction of peak")
+    _add_overrides(parser)
+    parser.add_argument("--resolutions", default="4,8,16,32", help="comma-separated, e.g. 4,8,16")
+    parser.add_argument("--phases", choices=("fading", "stable", "both"), default="fading")
+    parser.add_argument("--seconds", type=float, default=10.0, help="timing per stage")
+    parser.add_argument("--data", type=Path, default=None, help="dataset (default: synthetic)")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON")
+    parser.set_defaults(run=_run_bench)
+
+
+def _run_bench(args, parser):
+    from progan.training.bench import bench, parse_resolutions
+
+    try:
+        resolutions = parse_resolutions(args.resolutions)
+    except ValueError as error:
+        parser.error(str(error))
+    phases = {"fading": (True,), "stable": (False,), "both": (True, False)}[args.phases]
+    config = config_from_args(args)
+    result = bench(config, resolutions, args.data, args.seconds, phases,
+                   log=(lambda line: None) if args.json else print)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"matmul peak (float32, chained 2048^3 products): {result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; "
+              "FLOPs per image = 4 F_G + 14 F_D (gradient penalty's double backward = "
+              "2 x (D forward + D input-gradient))")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="progan", description="Progressive Growing of GANs for TensorFlow 2 / Keras 3")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_resume, _add_finetune, _add_summary):
+    for add in (_add_train, _add_resume, _add_finetune, _add_bench, _add_summary):
         add(subparsers)
     return parser
 

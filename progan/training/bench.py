@@ -1,0 +1,172 @@
+"""`progan bench`: images/s of a full training iteration per stage, with analytic FLOPs.
+
+An iteration is what training runs per minibatch: the discriminator step with its gradient
+penalty, the EMA update and the generator step. FLOPs count 2 per multiply-add of every
+convolution and dense layer. Per image, with F_G and F_D the forward costs of the stage's
+networks:
+
+  D step: G forward (F_G), D forward on reals, fakes and the mixed images (3 F_D), the
+          penalty's input gradient (F_D), the backward of the real/fake terms (2 x 2 F_D)
+          and the double backward through the penalty (2 x (F_D + F_D))   = F_G + 12 F_D
+  G step: G forward, D forward, D input-backward, G backward (2 F_G)      = 3 F_G + 2 F_D
+  total                                                                  = 4 F_G + 14 F_D
+
+The achieved FLOP/s is compared with a float32 matrix-multiply peak measured in the same
+process (chained 2048 x 2048 products on the same device).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from progan.config import Config
+from progan.layers import EqualizedConv2D, EqualizedDense
+
+
+def _layer_flops(layer, output_shape) -> int:
+    """2 x multiply-adds of one equalised layer for one image."""
+    inner = getattr(layer, "layer", layer)  # SpectralNormalization wraps the real layer
+    if isinstance(inner, EqualizedDense):
+        return 2 * int(np.prod(inner.kernel.shape))
+    if isinstance(inner, EqualizedConv2D):
+        height, width = output_shape[1], output_shape[2]
+        kernel = inner.kernel.shape
+        taps = kernel[0] * kernel[1] * kernel[2]
+        if inner.fused:  # the fused 4x4 kernel: 16/9 the taps, on the strided grid
+            taps = taps * 16 // 9
+            if inner.resample == "down":
+                return 2 * taps * kernel[3] * height * width
+            return 2 * taps * kernel[3] * height * width // 4
+        if inner.resample == "down":  # the convolution runs before pooling, at 2x the size
+            height, width = height * 2, width * 2
+        return 2 * taps * kernel[3] * height * width
+    return 0
+
+
+def forward_flops(networks, resolution: int, fading: bool) -> tuple[int, int]:
+    """(generator, discriminator) forward FLOPs per image of one stage."""
+    from progan.networks import level_of
+
+    level = level_of(resolution)
+    totals = []
+    for network in ("generator", "discriminator"):
+        getattr(networks, network)(resolution, fading)
+        table = networks._layer_tables[(network, level, fading)]
+        totals.append(sum(_layer_flops(layer, shape) for layer, shape in table))
+    return totals[0], totals[1]
+
+
+def iteration_flops(g_forward: int, d_forward: int) -> int:
+    """Analytic FLOPs of one training iteration per image (see the module docstring)."""
+    return 4 * g_forward + 14 * d_forward
+
+
+def matmul_peak(size: int = 2048, repeats: int = 8, trials: int = 3) -> float:
+    """Measured float32 matrix-multiply FLOP/s of the default device (best of ``trials``).
+
+    The products are chained (each multiplies the previous result), so no graph optimiser can
+    merge them; the matrix is scaled to keep values bounded.
+    """
+    matrix = tf.random.normal([size, size]) / size ** 0.5
+    start_value = tf.random.normal([size, size])
+
+    @tf.function
+    def products(matrix, value):
+        for _ in range(repeats):
+            value = tf.matmul(matrix, value)
+        return value
+
+    products(matrix, start_value).numpy()
+    best = float("inf")
+    for _ in range(trials):
+        start = time.perf_counter()
+        products(matrix, start_value).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 * repeats / best
+
+
+def bench(config: Config, resolutions: list[int], data: Path | None = None, seconds: float = 10.0,
+          phases: tuple[bool, ...] = (True,), max_seconds_per_iteration: float = 60.0,
+          log=print) -> dict:
+    """Measure each (resolution, fading) stage; returns the table and the matmul peak.
+
+    The start resolution has no fade-in: its stable stage is measured instead. A stage whose first measured iteration takes longer than ``max_seconds_per_iteration`` is
+    reported as skipped.
+    """
+    from progan.dataset.synthetic import ensure_synthetic
+    from progan.training.trainer import Trainer
+
+    top = max(resolutions)
+    config = config.replace(**{"model.max_resolution": max(top, config.model.max_resolution)})
+    with tempfile.TemporaryDirectory(prefix="progan-bench-") as scratch:
+        if data is None:
+            data = ensure_synthetic(Path(scratch) / "data", num_images=512, resolution=top,
+                                    progress=False)
+        trainer = Trainer(config, data, Path(scratch) / "run")
+        peak = matmul_peak()
+        rows = []
+        for resolution in resolutions:
+            for fading in sorted({fading and resolution > config.schedule.start_resolution
+                                  for fading in phases}, reverse=True):
+                rows.append(_bench_stage(trainer, resolution, fading, seconds,
+                                         max_seconds_per_iteration, peak))
+                log(format_row(rows[-1]))
+    return {"matmul_peak_flops": peak, "stages": rows,
+            "config": {"latent_size": config.model.latent_size, "fmap_base": config.model.fmap_base,
+                       "fmap_max": config.model.fmap_max, "steps_per_call": config.training.steps_per_call,
+                       "xla": config.training.xla, "mixed_precision": config.training.mixed_precision}}
+
+
+def _bench_stage(trainer, resolution, fading, seconds, max_seconds, peak) -> dict:
+    start = trainer.schedule.start_of(resolution, fading)
+    stage = trainer.schedule.stage_at(start)
+    trainer.images_seen.assign(start)
+    trainer._enter_stage(stage)
+    step = trainer._step_function(stage)
+    iterator = trainer._iterator(stage, start)
+    per_call = trainer.config.training.steps_per_call
+    g_forward, d_forward = forward_flops(trainer.networks, resolution, fading)
+    flops = iteration_flops(g_forward, d_forward)
+    row = {"resolution": resolution, "phase": stage.phase, "batch": stage.batch_size,
+           "flops_per_image": flops, "g_forward_flops": g_forward, "d_forward_flops": d_forward}
+    step(iterator, tf.constant(1, tf.int64))  # trace
+    begin = time.perf_counter()
+    step(iterator, tf.constant(1, tf.int64))
+    trainer.images_seen.numpy()
+    first = time.perf_counter() - begin
+    if first > max_seconds:
+        return {**row, "skipped": f"one iteration took {first:.0f} s (over {max_seconds:.0f} s)"}
+    calls = max(1, int(seconds / max(first * per_call, 1e-4)))
+    step(iterator, tf.constant(per_call, tf.int64))
+    trainer.images_seen.numpy()
+    begin = time.perf_counter()
+    for _ in range(calls):
+        step(iterator, tf.constant(per_call, tf.int64))
+    trainer.images_seen.numpy()
+    elapsed = time.perf_counter() - begin
+    images_per_sec = calls * per_call * stage.batch_size / elapsed
+    achieved = images_per_sec * flops
+    return {**row, "images_per_sec": images_per_sec, "achieved_flops": achieved,
+            "fraction_of_peak": achieved / peak, "iterations": calls * per_call}
+
+
+def format_row(row: dict) -> str:
+    head = f"{row['resolution']:>5d} {row['phase']:<7s} batch {row['batch']:<4d}"
+    if "skipped" in row:
+        return f"{head} skipped: {row['skipped']}"
+    return (f"{head} {row['images_per_sec']:>10.1f} img/s  {row['flops_per_image'] / 1e6:>10.1f} "
+            f"MFLOP/img  {row['achieved_flops'] / 1e9:>8.2f} GFLOP/s  "
+            f"{100 * row['fraction_of_peak']:>5.1f}% of matmul peak")
+
+
+def parse_resolutions(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or any(v < 4 or 2 ** int(math.log2(v)) != v for v in values):
+        raise ValueError(f"--resolutions {text}: expected powers of two >= 4, e.g. 4,8,16")
+    return values
