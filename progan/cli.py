@@ -67,6 +67,7 @@ OVERRIDES = {
     "--mixed-precision": ("training.mixed_precision", str),
     "--steps-per-call": ("training.steps_per_call", int),
     "--metrics-kimg": ("training.metrics_kimg", float),
+    "--metrics-images": ("training.metrics_num_images", int),
 }
 
 
@@ -212,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="progan", description="Progressive Growing of GANs for TensorFlow 2 / Keras 3")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_resume, _add_finetune, _add_bench, _add_summary):
+    from progan.evaluation import cli as evaluation_cli
+
+    for add in (_add_train, _add_resume, _add_finetune, evaluation_cli.add_evaluate,
+                evaluation_cli.add_generate, evaluation_cli.add_interpolate,
+                evaluation_cli.add_export, _add_bench, _add_summary):
         add(subparsers)
     return parser
 

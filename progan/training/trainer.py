@@ -129,6 +129,7 @@ class Trainer:
         self.reporter = Reporter(self.run_dir, chief=self.chief, total_kimg=self.schedule.total_kimg)
         self._steps: dict = {}
         self._stop_requested = False
+        self._last_metrics = None
         self._grid_latents = np.random.RandomState(training.seed).standard_normal(
             (training.grid_size ** 2, config.model.latent_size)).astype(np.float32)
 
@@ -319,6 +320,23 @@ class Trainer:
         self.reporter.images("fakes", grid, images_seen)
         plot_curves(self.run_dir, [b / 1000 for b in self.schedule.boundaries()])
         self.reporter.log(f"snapshot {path.name} at kimg {kimg:.1f}")
+        self._evaluate_if_due(images_seen)
+
+    def _evaluate_if_due(self, images_seen: int) -> None:
+        """`--metrics` during training: evaluate snapshots every ``metrics_kimg`` (chief only)."""
+        training = self.config.training
+        if not training.metrics:
+            return
+        due = self._last_metrics is None or images_seen - self._last_metrics >= training.metrics_kimg * 1000 \
+            or self.schedule.is_finished(images_seen)
+        if not due:
+            return
+        from progan.evaluation.run import evaluate_snapshot
+
+        evaluate_snapshot(self.run_dir, images_seen, training.metrics,
+                          num_images=training.metrics_num_images, seed=training.seed,
+                          log=self.reporter.log)
+        self._last_metrics = images_seen
 
     def _weights_finite(self) -> bool:
         variables = self.generator_variables + self.discriminator_variables + self.ema_variables
