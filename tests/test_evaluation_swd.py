@@ -72,7 +72,7 @@ def test_swd_matches_numpy_reference(resolution, expected_levels):
     reals = textured_images(rng, 24, resolution, 0.7)
     fakes = textured_images(rng, 24, resolution, 2.0)
     samplings = sample_swd_protocol(np.random.default_rng(7), resolution, 24, 24,
-                                    patches_per_image=16, num_directions=64)
+                                    patches_per_image=16, num_directions=192)
     result = swd_from_sampling(reals, fakes, samplings, batch_size=10)
     expected = reference_swd(reals, fakes, samplings)
     assert list(result) == expected_levels + ["avg"]
@@ -81,7 +81,7 @@ def test_swd_matches_numpy_reference(resolution, expected_levels):
         assert value > 1.0  # different contrasts: far from the noise floor
     if resolution == 4:
         assert samplings[0].patch_size == 3
-        assert samplings[0].directions.shape == (27, 64)
+        assert samplings[0].directions.shape == (27, 192)
 
 
 def test_swd_is_seeded_and_smaller_for_like_sets():
@@ -126,4 +126,5 @@ def test_sum_of_sorted_differences_equals_sorting(case):
     a, b = a.astype(np.float32), b.astype(np.float32)
     expected = np.abs(np.sort(a, axis=1).astype(np.float64) - np.sort(b, axis=1)).sum()
     got = float(sum_of_sorted_differences(tf.constant(a), tf.constant(b)))
-    assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    # positions inside buckets are float32, like the values: about one rounding per value
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-9)

@@ -16,6 +16,11 @@ The protocol of the paper and its reference code:
   are sorted and compared by mean absolute difference;
 * the distance is reported x10^3 per level and averaged over levels.
 
+Computed in TensorFlow without changing the numbers: the pyramid filters as small matrix
+products, all neighbourhoods of a batch by one gather, and the comparison of sorted
+projections in linear time for almost all values (``sum_of_sorted_differences``), on two
+threads.
+
 The noise floor of the metric is the same function on two disjoint sets of real images of
 the same size as the fake set: ``swd(reals_a, reals_b)``.
 
@@ -24,6 +29,7 @@ the same size as the fake set: ``swd(reals_a, reals_b)``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 
 import numpy as np
@@ -52,38 +58,41 @@ def neighbourhood_size(resolution: int, patch_size: int = 7) -> int:
     return min(patch_size, largest_odd)
 
 
-def _binomial_blur(images: tf.Tensor, gain: float) -> tf.Tensor:
-    """5x5 binomial blur of NHWC float images with mirror borders, times ``gain``.
+def _blur_matrix(size: int) -> np.ndarray:
+    """float64 [size, size]: the 1-D binomial blur of ``size`` samples with mirror borders.
 
-    The 2-D filter is separable, so two 1-D passes; mirror padding ("REFLECT": the edge
-    pixel is not repeated) is OpenCV's BORDER_REFLECT_101 and scipy.ndimage's "mirror".
+    Mirror ("reflect 101": the edge sample is not repeated) is OpenCV's default border and
+    scipy.ndimage's "mirror" mode.
     """
-    channels = images.shape[-1]
-    taps = tf.constant(BINOMIAL_TAPS * np.float32(np.sqrt(gain)))
-    vertical = tf.tile(tf.reshape(taps, [5, 1, 1, 1]), [1, 1, channels, 1])
-    horizontal = tf.tile(tf.reshape(taps, [1, 5, 1, 1]), [1, 1, channels, 1])
-    padded = tf.pad(images, [[0, 0], [2, 2], [2, 2], [0, 0]], mode="REFLECT")
-    blurred = tf.nn.depthwise_conv2d(padded, vertical, [1, 1, 1, 1], "VALID")
-    return tf.nn.depthwise_conv2d(blurred, horizontal, [1, 1, 1, 1], "VALID")
+    matrix = np.zeros((size, size))
+    for row in range(size):
+        for shift, tap in zip(range(-2, 3), BINOMIAL_TAPS):
+            column = abs(row + shift)
+            matrix[row, min(column, 2 * (size - 1) - column)] += tap
+    return matrix
+
+
+def _separable(images: tf.Tensor, matrix: np.ndarray) -> tf.Tensor:
+    """``matrix @ image @ matrix^T`` for every channel of NCHW float32 images: the 2-D
+    filter of a separable 1-D linear operator, as two small matrix products (much faster on
+    a CPU than a depthwise convolution)."""
+    operator = tf.constant(matrix, tf.float32)
+    return tf.matmul(tf.matmul(operator, images), operator, transpose_b=True)
 
 
 def pyr_down(images: tf.Tensor) -> tf.Tensor:
-    """OpenCV pyrDown of NHWC float images: blur, keep every second row and column."""
-    return _binomial_blur(images, 1.0)[:, ::2, ::2, :]
+    """OpenCV pyrDown of NCHW float32 images: blur, keep every second row and column."""
+    return _separable(images, _blur_matrix(images.shape[-1])[::2])
 
 
 def pyr_up(images: tf.Tensor) -> tf.Tensor:
-    """OpenCV pyrUp of NHWC float images: zeros between the pixels, blur with gain 4."""
-    shape, channels = tf.shape(images), images.shape[-1]
-    rows = tf.reshape(tf.stack([images, tf.zeros_like(images)], axis=3),
-                      [shape[0], shape[1], 2 * shape[2], channels])
-    upsampled = tf.reshape(tf.stack([rows, tf.zeros_like(rows)], axis=2),
-                           [shape[0], 2 * shape[1], 2 * shape[2], channels])
-    return _binomial_blur(upsampled, 4.0)
+    """OpenCV pyrUp of NCHW float32 images: zeros between the samples, blur with gain 4
+    (2 per axis, so the operator is twice the blur's even columns)."""
+    return _separable(images, 2.0 * _blur_matrix(2 * images.shape[-1])[:, ::2])
 
 
 def laplacian_level(images: tf.Tensor, level: int, num_levels: int) -> tf.Tensor:
-    """Level ``level`` of the ``num_levels``-level Laplacian pyramid of NHWC float images.
+    """Level ``level`` of the ``num_levels``-level Laplacian pyramid of NCHW float32 images.
 
     Level 0 has the input's resolution; the last level is the low-pass residual.
     """
@@ -149,147 +158,217 @@ def sample_swd_protocol(rng: np.random.Generator, resolution: int, num_images_a:
 @tf.function(reduce_retracing=True)
 def _batch_descriptors(images: tf.Tensor, centres: tf.Tensor, level: int, num_levels: int,
                        patch_size: int) -> tf.Tensor:
-    """Neighbourhoods of one pyramid level of a uint8 NHWC batch.
+    """Neighbourhoods of one pyramid level of a uint8 NHWC batch, one per column.
 
-    ``centres``: int [B, P, 2]; returns float32 [B * P, patch_size**2 * 3], each row laid
-    out (row, column, channel).
+    ``centres``: int [B, P, 2]; returns float32 [patch_size**2 * 3, B * P], each column
+    laid out (row, column, channel).
     """
-    pyramid_level = laplacian_level(tf.cast(images, tf.float32), level, num_levels)
+    pyramid_level = laplacian_level(tf.transpose(tf.cast(images, tf.float32), [0, 3, 1, 2]),
+                                    level, num_levels)
     shape = tf.shape(pyramid_level)
-    height, width, channels = shape[1], shape[2], shape[3]
+    channels, height, width = shape[1], shape[2], shape[3]
     offsets = tf.range(patch_size, dtype=tf.int32) - patch_size // 2
     centres = tf.cast(centres, tf.int32)
-    rows = centres[:, :, 0, None, None] + offsets[:, None]            # [B, P, k, 1]
-    columns = centres[:, :, 1, None, None] + offsets[None, :]         # [B, P, 1, k]
-    image_index = tf.range(tf.shape(centres)[0])[:, None, None, None]
-    flat_index = (image_index * height + rows) * width + columns      # [B, P, k, k]
-    pixels = tf.gather(tf.reshape(pyramid_level, [-1, channels]), flat_index)
-    return tf.reshape(pixels, [-1, patch_size * patch_size * channels])
+    # index tensor [k, k, C, B, P]: the gather lands the descriptor components on rows
+    rows = offsets[:, None, None, None, None] + centres[None, None, None, :, :, 0]
+    columns = offsets[None, :, None, None, None] + centres[None, None, None, :, :, 1]
+    channel = tf.range(channels)[None, None, :, None, None]
+    image = tf.range(tf.shape(centres)[0])[None, None, None, :, None]
+    flat_index = ((image * channels + channel) * height + rows) * width + columns
+    pixels = tf.gather(tf.reshape(pyramid_level, [-1]), flat_index)
+    return tf.reshape(pixels, [patch_size * patch_size * 3, -1])
 
 
 def level_descriptors(images: np.ndarray, centres: np.ndarray, level: int, num_levels: int,
-                      patch_size: int, batch_size: int = 256) -> np.ndarray:
-    """Normalised descriptors of one pyramid level of a uint8 NHWC image set.
+                      patch_size: int, batch_size: int = 256) -> tf.Tensor:
+    """Normalised descriptors of one pyramid level of a uint8 NHWC image set, one per column.
 
     ``centres``: int [num_images, patches_per_image, 2]. Returns float32
-    [num_images * patches_per_image, patch_size**2 * 3], normalised per colour channel to
-    zero mean / unit standard deviation with the statistics of this set. Batches of
-    ``batch_size`` images bound the memory of the pyramid.
+    [patch_size**2 * 3, num_images * patches_per_image] (rows in (row, column, channel)
+    order), normalised per colour channel to zero mean / unit standard deviation with the
+    statistics of this set. Batches of ``batch_size`` images bound the memory of the pyramid.
     """
-    patches_per_image = centres.shape[1]
-    descriptors = np.empty((len(images) * patches_per_image, patch_size * patch_size * 3),
-                           np.float32)
-    for start in range(0, len(images), batch_size):
-        stop = min(start + batch_size, len(images))
-        descriptors[start * patches_per_image:stop * patches_per_image] = _batch_descriptors(
-            tf.constant(images[start:stop]), tf.constant(centres[start:stop]),
-            level, num_levels, patch_size).numpy()
-    per_channel = descriptors.reshape(len(descriptors), -1, 3)
-    mean = per_channel.mean(axis=(0, 1), dtype=np.float64)
-    std = per_channel.std(axis=(0, 1), dtype=np.float64)
-    per_channel -= mean.astype(np.float32)
-    per_channel /= np.where(std > 0, std, 1.0).astype(np.float32)  # a flat channel stays 0
-    return descriptors
-
-
-def sum_of_sorted_differences(projections_a: tf.Tensor, projections_b: tf.Tensor) -> tf.Tensor:
-    """Sum over rows and i of |a_(i) - b_(i)|, a and b the sorted rows of two float [R, M]
-    tensors (a float64 scalar).
-
-    The same number as sorting both rows, computed without a full sort (TensorFlow's CPU
-    sort is slower than NumPy's, and sorting dominates SWD): the sum is the integral of
-    |count_A(<= t) - count_B(<= t)| dt. The value range of a row is cut into M/16
-    equal buckets. Where the count difference keeps one sign across a bucket (almost everywhere)
-    its integral over the bucket follows from the bucket's element counts and sums; only
-    the elements of the few buckets where it changes sign are sorted.
-    """
-    rows, size = tf.shape(projections_a)[0], tf.shape(projections_a)[1]
-    a, b = tf.cast(projections_a, tf.float64), tf.cast(projections_b, tf.float64)
-    buckets = tf.maximum(size // 16, 1)  # small enough to count fast, rarely a sign change
-    low = tf.minimum(tf.reduce_min(a, axis=1), tf.reduce_min(b, axis=1))[:, None]
-    high = tf.maximum(tf.reduce_max(a, axis=1), tf.reduce_max(b, axis=1))[:, None]
-    width = tf.where(high > low, (high - low) / tf.cast(buckets, tf.float64), tf.ones_like(low))
-    row_offset = tf.range(rows)[:, None] * buckets
-
-    def bucket_of(values):  # position inside the row's range in buckets, and bucket index
-        position = (values - low) / width
-        bucket = tf.clip_by_value(tf.cast(tf.floor(position), tf.int32), 0, buckets - 1)
-        return position, bucket + row_offset
-
-    position_a, bucket_a = bucket_of(a)
-    position_b, bucket_b = bucket_of(b)
-    segments = rows * buckets
-    count_a = tf.math.bincount(tf.reshape(bucket_a, [-1]), minlength=segments,
-                               maxlength=segments, dtype=tf.float64)
-    count_b = tf.math.bincount(tf.reshape(bucket_b, [-1]), minlength=segments,
-                               maxlength=segments, dtype=tf.float64)
-    # sums of (bucket end - position) in bucket widths, per bucket
-    gap_a = tf.math.unsorted_segment_sum(
-        tf.reshape(tf.cast(bucket_a - row_offset + 1, tf.float64) - position_a, [-1]),
-        tf.reshape(bucket_a, [-1]), segments)
-    gap_b = tf.math.unsorted_segment_sum(
-        tf.reshape(tf.cast(bucket_b - row_offset + 1, tf.float64) - position_b, [-1]),
-        tf.reshape(bucket_b, [-1]), segments)
-    per_row = tf.reshape(count_a - count_b, [rows, buckets])
-    before = tf.reshape(tf.cumsum(per_row, axis=1, exclusive=True), [-1])  # difference at start
-    sign_changes = (before - count_b < 0) & (before + count_a > 0)
-    clean_integral = tf.abs(before + gap_a - gap_b)
-    clean_integral = tf.where(sign_changes, tf.zeros_like(clean_integral), clean_integral)
-    total = tf.reduce_sum(clean_integral * tf.repeat(tf.reshape(width, [-1]), buckets))
-
-    # buckets with a sign change: sort their elements (key: bucket, then position in it)
-    def changing(bucket, position, step):
-        keep = tf.gather(sign_changes, bucket)
-        bucket = tf.boolean_mask(bucket, keep)
-        fraction = tf.boolean_mask(position, keep) - tf.cast(bucket % buckets, tf.float64)
-        return bucket, fraction, tf.fill(tf.shape(bucket), tf.constant(step, tf.float64))
-
-    parts = [changing(bucket_a, position_a, 1.0), changing(bucket_b, position_b, -1.0)]
-    bucket, fraction, steps = (tf.concat(part, axis=0) for part in zip(*parts))
-    fraction = tf.clip_by_value(fraction, 0.0, 1.0)
-    order = tf.argsort(tf.cast(bucket, tf.float64) + fraction * 0.5)
-    bucket, fraction, steps = (tf.gather(x, order) for x in (bucket, fraction, steps))
-    first = tf.not_equal(bucket, tf.concat([[-1], bucket[:-1]], axis=0))
-    last = tf.not_equal(bucket, tf.concat([bucket[1:], [-1]], axis=0))
-    running = tf.cumsum(steps)
-    start_of_bucket = tf.gather(tf.boolean_mask(running - steps, first),
-                                tf.math.cumsum(tf.cast(first, tf.int32)) - 1)
-    after = tf.gather(before, bucket) + running - start_of_bucket
-    following = tf.where(last, tf.ones_like(fraction), tf.concat([fraction[1:], [1.0]], axis=0))
-    bucket_width = tf.gather(tf.reshape(width, [-1]), bucket // buckets)
-    inside = tf.abs(after) * (following - fraction)
-    leading = tf.where(first, tf.abs(tf.gather(before, bucket)) * fraction,
-                       tf.zeros_like(fraction))
-    return total + tf.reduce_sum((inside + leading) * bucket_width)
+    descriptors = tf.concat([
+        _batch_descriptors(tf.constant(images[start:start + batch_size]),
+                           tf.constant(centres[start:start + batch_size]),
+                           level, num_levels, patch_size)
+        for start in range(0, len(images), batch_size)], axis=1)
+    return _normalise_per_channel(descriptors)
 
 
 @tf.function(reduce_retracing=True)
-def _projected_distance_sum(descriptors_a: tf.Tensor, descriptors_b: tf.Tensor,
-                            directions: tf.Tensor) -> tf.Tensor:
-    """Sum over directions of the mean |sorted projection of A - sorted projection of B|."""
-    projections_a = tf.transpose(tf.matmul(descriptors_a, directions))
-    projections_b = tf.transpose(tf.matmul(descriptors_b, directions))
-    return sum_of_sorted_differences(projections_a, projections_b) / tf.cast(
-        tf.shape(projections_a)[1], tf.float64)
+def _normalise_per_channel(descriptors: tf.Tensor) -> tf.Tensor:
+    """float32 [k*k*3, M] descriptors minus the mean, over the standard deviation, of their
+    colour channel (rows ``c``, ``c + 3``, ...); a flat channel stays 0."""
+    wide = tf.cast(descriptors, tf.float64)
+    mean = tf.reduce_mean(tf.reshape(tf.reduce_mean(wide, axis=1), [-1, 3]), axis=0)
+    squares = tf.reduce_mean(tf.reshape(tf.reduce_mean(tf.square(wide), axis=1), [-1, 3]), axis=0)
+    std = tf.sqrt(tf.maximum(squares - tf.square(mean), 0.0))
+    std = tf.where(std > 0, std, tf.ones_like(std))
+    rows = tf.shape(descriptors)[0]
+    mean = tf.cast(tf.tile(mean, [rows // 3])[:, None], tf.float32)
+    std = tf.cast(tf.tile(std, [rows // 3])[:, None], tf.float32)
+    return (descriptors - mean) / std
 
 
-def sliced_wasserstein(descriptors_a: np.ndarray, descriptors_b: np.ndarray,
-                       directions: np.ndarray, directions_per_chunk: int = 32) -> float:
+BUCKET_FILL = 4  # mean values of the two rows per bucket in sum_of_sorted_differences
+
+
+@tf.function(jit_compile=True)
+def _bucket_counts(a: tf.Tensor, b: tf.Tensor, buckets: int) -> tuple:
+    """Histograms of the rows of two float32 [R, M] tensors over ``buckets`` equal buckets
+    of each row's joint range.
+
+    Returns the count difference (a minus b) at each bucket's start and its change over the
+    bucket, the sign it keeps over the bucket (+1/-1, 0 where it may change sign) [R,
+    buckets], and each row's range start and buckets per unit value [R, 1].
+    """
+    rows = tf.shape(a)[0]
+    low = tf.minimum(tf.reduce_min(a, axis=1), tf.reduce_min(b, axis=1))[:, None]
+    high = tf.maximum(tf.reduce_max(a, axis=1), tf.reduce_max(b, axis=1))[:, None]
+    scale = tf.where(high > low, buckets / (high - low), tf.ones_like(low))
+
+    def count(values):
+        bucket, _ = _bucket_of(values, low, scale, buckets)
+        counts = tf.tensor_scatter_nd_add(tf.zeros([rows * buckets]),
+                                          tf.reshape(bucket, [-1, 1]), tf.ones([tf.size(values)]))
+        return tf.reshape(counts, [rows, buckets])
+
+    count_a, count_b = count(a), count(b)
+    difference = count_a - count_b
+    start = tf.cumsum(difference, axis=1, exclusive=True)
+    # inside the bucket the difference stays within [start - count_b, start + count_a]
+    sign = tf.where(start - count_b >= 0, 1.0, tf.where(start + count_a <= 0, -1.0, 0.0))
+    return start, difference, sign, low, scale
+
+
+def _bucket_of(values: tf.Tensor, low: tf.Tensor, scale: tf.Tensor, buckets: int) -> tuple:
+    """Row-major bucket index (row * buckets + bucket) and position in bucket widths from
+    the row's start of [R, M] values."""
+    position = (values - low) * scale
+    bucket = tf.clip_by_value(tf.cast(tf.floor(position), tf.int32), 0, buckets - 1)
+    return bucket + tf.range(tf.shape(values)[0])[:, None] * buckets, position
+
+
+@tf.function(jit_compile=True)
+def _one_signed_buckets(a: tf.Tensor, b: tf.Tensor, sign: tf.Tensor, low: tf.Tensor,
+                        scale: tf.Tensor) -> tuple:
+    """The part of sum_of_sorted_differences of the buckets where the count difference
+    keeps its sign (``sign`` [R, buckets] is +1/-1 there, 0 elsewhere).
+
+    Returns, per row, the sum over their values of sign * (+1 for a, -1 for b) * (bucket end
+    - position) in bucket widths (float64 [R]), and the positions of the values of a and b
+    in the other buckets, -1 for the rest (float32 [R, M] each).
+    """
+    buckets = sign.shape[1]
+    flat_sign = tf.reshape(sign, [-1])
+
+    def part(values):
+        bucket, position = _bucket_of(values, low, scale, buckets)
+        value_sign = tf.gather(flat_sign, bucket)
+        end = tf.cast(bucket % buckets + 1, tf.float32)
+        total = tf.reduce_sum(tf.cast(value_sign * (end - position), tf.float64), axis=1)
+        return total, tf.where(value_sign == 0, position, -tf.ones_like(position))
+
+    total_a, position_a = part(a)
+    total_b, position_b = part(b)
+    return total_a - total_b, position_a, position_b
+
+
+def _sign_changing_buckets(position_a: np.ndarray, position_b: np.ndarray, start: np.ndarray,
+                           difference: np.ndarray, sign: np.ndarray,
+                           scale: np.ndarray) -> float:
+    """The part of sum_of_sorted_differences of the buckets where the count difference may
+    change sign: their values (positions >= 0 in ``position_a``/``position_b`` float32 [R, M])
+    are sorted by bucket and position, the exact integral of |count difference| follows from
+    the running count. ``start`` and ``difference`` [R, buckets]: count difference at each
+    bucket's start and its change over the bucket.
+
+    NumPy: these values are a few percent of all, and NumPy sorts packed int64 keys several
+    times faster than TensorFlow's argsort.
+    """
+    buckets = start.shape[1]
+    parts = []
+    for positions, is_b in ((position_a, 0), (position_b, 1)):
+        index = np.flatnonzero(positions >= 0)
+        position = positions.reshape(-1)[index]
+        local = np.minimum(np.floor(position), buckets - 1)
+        fraction = np.minimum(position - local, np.float32(1.0))  # exact: integer part removed
+        bucket = (index // positions.shape[1]) * buckets + local.astype(np.int64)
+        # key: bucket, then position inside it (non-negative float32 bits sort as integers),
+        # then which set (the order of equal positions does not change the integral)
+        parts.append((bucket << 33) | (fraction.view(np.uint32).astype(np.int64) << 1) | is_b)
+    keys = np.sort(np.concatenate(parts))
+    bucket = keys >> 33
+    fraction = ((keys >> 1) & 0xFFFFFFFF).astype(np.uint32).view(np.float32).astype(np.float64)
+    step = 1.0 - 2.0 * (keys & 1)
+    # running count difference: the bucket's start plus the steps taken inside it
+    changing_before = np.cumsum(np.where(sign == 0, difference, 0.0).reshape(-1), dtype=np.float64)
+    changing_before -= np.where(sign == 0, difference, 0.0).reshape(-1)
+    after = (start.reshape(-1) - changing_before)[bucket] + np.cumsum(step)
+    first = np.ones(len(keys), bool)
+    first[1:] = bucket[1:] != bucket[:-1]
+    last = np.ones(len(keys), bool)
+    last[:-1] = first[1:]
+    previous = np.where(first, 0.0, np.concatenate([[0.0], fraction[:-1]]))
+    integral = np.abs(after - step) * (fraction - previous) + np.where(
+        last, np.abs(after) * (1.0 - fraction), 0.0)
+    width = 1.0 / scale[:, 0].astype(np.float64)
+    return float(np.sum(integral * width[bucket // buckets]))
+
+
+def sum_of_sorted_differences(projections_a: tf.Tensor, projections_b: tf.Tensor) -> float:
+    """Sum over rows and i of |a_(i) - b_(i)|, a and b the sorted rows of two float32 [R, M]
+    tensors.
+
+    The same number as sorting both rows, in linear time for almost all values (sorting
+    dominated SWD): the sum is the integral over t of |count_a(<= t) - count_b(<= t)|. Each
+    row's range is cut into M / BUCKET_FILL equal buckets and both rows are counted per
+    bucket. Where the count difference keeps one sign across a bucket (almost everywhere)
+    its integral over the bucket follows from the bucket's count difference at the start
+    and the positions of its values; only the values of the few buckets where the sign may
+    change are sorted.
+    """
+    a = tf.convert_to_tensor(projections_a, tf.float32)
+    b = tf.convert_to_tensor(projections_b, tf.float32)
+    buckets = max(int(a.shape[1]) // BUCKET_FILL, 1)
+    start, difference, sign, low, scale = _bucket_counts(a, b, buckets)
+    values_part, position_a, position_b = _one_signed_buckets(a, b, sign, low, scale)
+    start, difference, sign, scale = (x.numpy() for x in (start, difference, sign, scale))
+    one_signed = np.sum((np.sum(sign * start, axis=1, dtype=np.float64) + values_part.numpy())
+                        / scale[:, 0].astype(np.float64))
+    return float(one_signed) + _sign_changing_buckets(position_a.numpy(), position_b.numpy(),
+                                                      start, difference, sign, scale)
+
+
+def _directions_per_chunk(num_descriptors: int) -> int:
+    """Directions projected at once: 128 (the reference's repeat), fewer for large sets so
+    a chunk of projections stays about 128 MB."""
+    return int(np.clip(2 ** 25 // num_descriptors, 8, 128))
+
+
+def sliced_wasserstein(descriptors_a: tf.Tensor, descriptors_b: tf.Tensor,
+                       directions: np.ndarray) -> float:
     """Mean over ``directions`` of the 1-D Wasserstein distance between the projections.
 
-    ``descriptors_a``, ``descriptors_b``: float32 [M, D] with the same M; ``directions``:
-    float32 [D, num_directions]. Chunks of ``directions_per_chunk`` bound the memory to
-    about ``4 * M * directions_per_chunk * 4`` bytes.
+    ``descriptors_a``, ``descriptors_b``: float32 [D, M], one descriptor per column, the
+    same M; ``directions``: float32 [D, num_directions]. Chunks of directions run on two
+    threads (TensorFlow releases the GIL), one per core of a small machine.
     """
     if descriptors_a.shape != descriptors_b.shape:
         raise ValueError(f"sliced_wasserstein: descriptor sets differ in shape, "
                          f"{descriptors_a.shape} vs {descriptors_b.shape}")
-    a, b = tf.constant(descriptors_a), tf.constant(descriptors_b)
-    total = 0.0
-    for start in range(0, directions.shape[1], directions_per_chunk):
-        chunk = tf.constant(directions[:, start:start + directions_per_chunk])
-        total += float(_projected_distance_sum(a, b, chunk))
-    return total / directions.shape[1]
+    size = int(descriptors_a.shape[1])
+    step = _directions_per_chunk(size)
+
+    def chunk_sum(start):
+        chunk = tf.constant(directions[:, start:start + step])
+        return sum_of_sorted_differences(tf.matmul(chunk, descriptors_a, transpose_a=True),
+                                         tf.matmul(chunk, descriptors_b, transpose_a=True))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        total = sum(pool.map(chunk_sum, range(0, directions.shape[1], step)))
+    return total / (size * directions.shape[1])
 
 
 def _check_images(images: np.ndarray, name: str) -> None:
