@@ -1,0 +1,203 @@
+"""`progan evaluate | generate | interpolate | export`: argument parsing only.
+
+`progan.cli` registers these with ``add_evaluate(subparsers)`` etc.; each parser's
+``run(args, parser)`` calls `progan.evaluation.run` or `progan.generate`. Errors of the
+settings end the command with one line (``progan <command>: error: ...``) and status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _fail(parser, args, error) -> None:
+    parser.exit(2, f"progan {args.command}: error: {error}\n")
+
+
+def _add_snapshot(parser, default="latest"):
+    parser.add_argument("--snapshot", default=default,
+                        help=f"latest | best | best:METRIC | KIMG (default {default})")
+
+
+def _truncation(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive threshold, got {text!r}")
+    return value
+
+
+def _add_truncation(parser):
+    parser.add_argument("--truncation", type=_truncation, default=None,
+                        help="redraw latent components with |z| above this threshold "
+                             "(the truncation trick; e.g. 1.5); default none")
+
+
+# -- evaluate ------------------------------------------------------------------------------
+
+
+def add_evaluate(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate", help="metrics of a run's snapshots -> metrics.jsonl, metrics.png, best.json")
+    parser.add_argument("run_dir", type=Path, help="run directory")
+    parser.add_argument("--metrics", default="swd",
+                        help="comma-separated: swd, msssim, fid, kid (default swd)")
+    parser.add_argument("--num-images", type=int, default=10000,
+                        help="generated images per snapshot, and as many reals (default 10000; "
+                             "the paper: 16384 for SWD, 20000 for MS-SSIM, 50000 for FID)")
+    parser.add_argument("--snapshots", default="latest",
+                        help="latest | all | best[:METRIC] | KIMG[,KIMG...] (default latest)")
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="real images' split (default test; falls back to train if too small)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="latents of the fakes and the metrics' sampling (default 0)")
+    parser.add_argument("--feature-extractor", choices=("inception", "random"),
+                        default="inception",
+                        help="for fid/kid; random is a seeded random conv net for smoke tests")
+    parser.add_argument("--inception-graph", type=Path, default=None,
+                        help="the 2015 Inception GraphDef (classify_image_graph_def.pb), as the "
+                             "original FID code used")
+    parser.add_argument("--inception-weights", default=None,
+                        help="Keras InceptionV3 weights file (or 'imagenet' to download)")
+    parser.set_defaults(run=run_evaluate)
+    return parser
+
+
+def run_evaluate(args, parser):
+    from progan.evaluation.run import (FEATURE_METRICS, EvaluationError, evaluate_run,
+                                       make_feature_extractor, parse_metrics)
+
+    try:
+        metrics = parse_metrics(args.metrics)
+        extractor = None
+        if any(metric in FEATURE_METRICS for metric in metrics):
+            # a missing or unreadable weights file raises FileNotFoundError, ValueError or
+            # RuntimeError with a one-line message naming the flag
+            extractor = make_feature_extractor(args.feature_extractor, args.inception_weights,
+                                               args.inception_graph, progress=True)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(parser, args, error)
+    try:
+        records = evaluate_run(args.run_dir, metrics, args.num_images, args.snapshots,
+                               args.split, args.seed, extractor)
+    except EvaluationError as error:
+        _fail(parser, args, error)
+    print(f"{len(records)} results appended to {args.run_dir / 'metrics.jsonl'}; plot "
+          f"{args.run_dir / 'metrics.png'}; best snapshots {args.run_dir / 'checkpoints/best.json'}")
+
+
+# -- generate ------------------------------------------------------------------------------
+
+
+def add_generate(subparsers):
+    parser = subparsers.add_parser(
+        "generate", help="images from a snapshot's EMA generator: one grid PNG or a folder of PNGs")
+    parser.add_argument("run_dir", type=Path, help="run directory")
+    parser.add_argument("--num", type=int, default=64, help="how many images (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    _add_truncation(parser)
+    _add_snapshot(parser)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="grid.png (one grid image) or a directory (one PNG per image)")
+    parser.set_defaults(run=run_generate)
+    return parser
+
+
+def run_generate(args, parser):
+    from progan.generate import generate, load_generator
+    from progan.training.report import image_grid, save_png
+
+    if args.num < 1:
+        _fail(parser, args, f"--num {args.num}: expected a positive number of images")
+    loaded = load_generator(args.run_dir, args.snapshot)
+    images = generate(loaded.model, args.num, args.seed, args.truncation)
+    out = args.out
+    if out.suffix.lower() == ".png":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_png(out, image_grid(images))
+    elif out.suffix:
+        _fail(parser, args, f"--out {out}: expected a .png file name or a directory")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for index, image in enumerate(images):
+            save_png(out / f"seed{args.seed}-{index:05d}.png", image, min_size=1)
+    print(f"{args.num} images of kimg {loaded.images_seen / 1000:g} "
+          f"({loaded.stage.resolution}x{loaded.stage.resolution}) -> {out}")
+
+
+# -- interpolate ---------------------------------------------------------------------------
+
+
+def _seeds(text: str) -> list[int]:
+    import argparse
+
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if len(seeds) < 2:
+        raise argparse.ArgumentTypeError(f"expected at least two comma-separated integers, "
+                                         f"got {text!r}")
+    return seeds
+
+
+def add_interpolate(subparsers):
+    parser = subparsers.add_parser(
+        "interpolate", help="a slerp walk through the latents of several seeds, as GIF (or MP4)")
+    parser.add_argument("run_dir", type=Path, help="run directory")
+    parser.add_argument("--seeds", type=_seeds, default=[1, 2, 3],
+                        help="comma-separated latent seeds to visit in order (default 1,2,3)")
+    parser.add_argument("--steps", type=int, default=30, help="frames per pair of seeds (default 30)")
+    parser.add_argument("--fps", type=float, default=24.0, help="frames per second (default 24)")
+    parser.add_argument("--size", type=int, default=256,
+                        help="enlarge small frames (nearest) to at least this many pixels")
+    _add_truncation(parser)
+    _add_snapshot(parser)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="walk.gif (or walk.mp4 with imageio-ffmpeg installed)")
+    parser.set_defaults(run=run_interpolate)
+    return parser
+
+
+def run_interpolate(args, parser):
+    from progan.generate import interpolate, load_generator, save_animation
+
+    if args.steps < 1 or args.fps <= 0:
+        _fail(parser, args, f"--steps {args.steps} --fps {args.fps}: expected positive numbers")
+    if args.out.suffix.lower() not in (".gif", ".mp4"):
+        _fail(parser, args, f"--out {args.out}: expected a .gif or .mp4 file name")
+    loaded = load_generator(args.run_dir, args.snapshot)
+    frames = interpolate(loaded.model, args.seeds, args.steps, args.truncation)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        save_animation(args.out, frames, args.fps, args.size)
+    except ValueError as error:
+        _fail(parser, args, error)
+    print(f"{len(frames)} frames of kimg {loaded.images_seen / 1000:g} -> {args.out}")
+
+
+# -- export --------------------------------------------------------------------------------
+
+
+def add_export(subparsers):
+    parser = subparsers.add_parser(
+        "export", help="the EMA generator as a SavedModel (latents -> uint8 images) and .keras")
+    parser.add_argument("run_dir", type=Path, help="run directory")
+    _add_snapshot(parser)
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.set_defaults(run=run_export)
+    return parser
+
+
+def run_export(args, parser):
+    from progan.generate import export
+
+    description = export(args.run_dir, args.out, args.snapshot)
+    print(f"kimg {description['kimg']:g} ({description['resolution']}x{description['resolution']}"
+          f"{', fading' if description['fading'] else ''}) -> SavedModel {description['saved_model']} "
+          f"(serving_default: latents float32 [N, {description['latent_size']}] -> images uint8), "
+          f"Keras {description['keras']}")

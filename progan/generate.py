@@ -1,0 +1,283 @@
+"""Use a trained run: sample images, walk the latent space, export the generator.
+
+Images always come from the moving-average (EMA) generator of a snapshot, at the stage the
+schedule was in when the snapshot was written (its resolution and fade-in alpha):
+
+    loaded = load_generator("runs/demo", "latest")      # or "best", "best:swd", "120" (kimg)
+    images = generate(loaded.model, num=64, seed=0)     # uint8 [64, R, R, C]
+    frames = interpolate(loaded.model, seeds=[1, 2, 3], steps=30)
+    export("runs/demo", "exported/")                    # SavedModel + generator.keras
+
+Latents are drawn from ``numpy.random.default_rng(seed)``; image ``i`` of ``generate(num,
+seed)`` is the ``i``-th latent of that stream, so ``generate(1, seed=s)`` is the face that
+``interpolate`` starts from for seed ``s``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from progan.config import Config
+from progan.layers import Upscale2D, upscale2d
+from progan.networks import ProGAN
+from progan.training.report import to_uint8
+from progan.training.schedule import Schedule, Stage
+from progan.training.state import CheckpointError, snapshot_name
+
+SAVED_MODEL_DIR = "saved_model"
+KERAS_FILE = "generator.keras"
+EXPORT_INFO = "export.json"
+
+
+class LoadedGenerator(NamedTuple):
+    """The EMA generator of one snapshot: ``(model, stage, config, images_seen)``.
+
+    ``model`` maps float32 latents [N, latent_size] to float32 images [N, R, R, C] in about
+    [-1, 1], with the fade-in alpha of ``stage`` already set.
+    """
+
+    model: keras.Model
+    stage: Stage
+    config: Config
+    images_seen: int
+
+
+def restore_ema(networks: ProGAN, checkpoint_prefix: Path) -> None:
+    """Read only the EMA generator's variables of a snapshot into ``networks``.
+
+    ``networks`` is a ``ProGAN(config.model, with_discriminator=False)``; its
+    ``generator_variables()`` are in the order the trainer saved the ``ema`` list.
+    """
+    status = tf.train.Checkpoint(ema=list(networks.generator_variables())).read(
+        str(checkpoint_prefix))
+    status.assert_existing_objects_matched().expect_partial()
+
+
+def load_generator(run_dir: Path, snapshot: str | int | float = "latest",
+                   networks: ProGAN | None = None) -> LoadedGenerator:
+    """The EMA generator of a run's snapshot, at that snapshot's stage.
+
+    Args:
+        run_dir: a run directory (``config.json``, ``checkpoints/``).
+        snapshot: ``"latest"``, ``"best"``, ``"best:<metric>"`` or a kimg number.
+        networks: a ``ProGAN(config.model, with_discriminator=False)`` to load into instead
+            of building a new one (building costs seconds; evaluating many snapshots reuses one).
+    """
+    from progan.training.trainer import read_run, select_snapshot
+
+    config = read_run(run_dir)["config"]
+    return load_snapshot(run_dir, select_snapshot(run_dir, str(snapshot)), config, networks)
+
+
+def load_snapshot(run_dir: Path, images_seen: int, config: Config,
+                  networks: ProGAN | None = None) -> LoadedGenerator:
+    """`load_generator` for the snapshot at exactly ``images_seen`` of a run with ``config``."""
+    prefix = Path(run_dir) / "checkpoints" / snapshot_name(images_seen) / "ckpt"
+    if not Path(f"{prefix}.index").exists():
+        raise CheckpointError(f"{run_dir}: no snapshot at {images_seen} images "
+                              f"({images_seen / 1000:g} kimg)")
+    if networks is None:
+        networks = ProGAN(config.model, with_discriminator=False)
+    restore_ema(networks, prefix)
+    stage = Schedule(config.schedule, config.model.max_resolution).stage_at(images_seen)
+    networks.set_alpha(stage.alpha)
+    return LoadedGenerator(networks.generator(stage.resolution, stage.fading), stage, config,
+                           images_seen)
+
+
+def sample_latents(num: int, latent_size: int, seed: int,
+                   truncation: float | None = None) -> np.ndarray:
+    """float32 [num, latent_size] standard-normal latents from ``default_rng(seed)``.
+
+    ``truncation``: the truncation trick as the thesis used it: every latent component
+    whose magnitude exceeds ``truncation`` is drawn again (from the same stream) until all
+    lie in ``[-truncation, truncation]``, i.e. a normal truncated at +-``truncation``.
+    Smaller thresholds give more typical, less varied images.
+    """
+    if truncation is not None and truncation <= 0:
+        raise ValueError(f"--truncation {truncation}: expected a positive threshold")
+    rng = np.random.default_rng(seed)
+    latents = rng.standard_normal((num, latent_size))
+    if truncation is not None:
+        outside = np.abs(latents) > truncation
+        while outside.any():
+            latents[outside] = rng.standard_normal(int(outside.sum()))
+            outside = np.abs(latents) > truncation
+    return latents.astype(np.float32)
+
+
+def images_from_latents(model: keras.Model, latents: np.ndarray,
+                        batch_size: int = 64) -> np.ndarray:
+    """uint8 [N, R, R, C] images of a generator for float32 latents [N, latent_size]."""
+    batches = [to_uint8(model(latents[start:start + batch_size], training=False))
+               for start in range(0, len(latents), batch_size)]
+    return np.concatenate(batches)
+
+
+def generate(model: keras.Model, num: int, seed: int = 0, truncation: float | None = None,
+             batch_size: int = 64) -> np.ndarray:
+    """``num`` uint8 [num, R, R, C] images from the latents of ``sample_latents(num, ..., seed)``."""
+    if num < 1:
+        raise ValueError(f"--num {num}: expected a positive number of images")
+    latents = sample_latents(num, model.input_shape[-1], seed, truncation)
+    return images_from_latents(model, latents, batch_size)
+
+
+def slerp(start: np.ndarray, end: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation between two vectors [D] at fractions ``t`` [T] -> [T, D].
+
+    ``sin((1-t) omega) / sin(omega) * start + sin(t omega) / sin(omega) * end``, omega the
+    angle between them: the path keeps the norm of equal-norm endpoints and moves at a
+    constant angular speed (a Gaussian latent lives near a sphere, where linear mixing would
+    pass through atypically short vectors). Near-parallel endpoints fall back to a linear mix.
+    """
+    start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
+    t = np.asarray(t, np.float64)[:, None]
+    cosine = np.dot(start, end) / (np.linalg.norm(start) * np.linalg.norm(end))
+    omega = np.arccos(np.clip(cosine, -1.0, 1.0))
+    if np.sin(omega) < 1e-6:
+        return (1.0 - t) * start + t * end
+    return (np.sin((1.0 - t) * omega) * start + np.sin(t * omega) * end) / np.sin(omega)
+
+
+def interpolation_latents(seeds: list[int], latent_size: int, steps: int,
+                          truncation: float | None = None) -> np.ndarray:
+    """float32 [steps * (len(seeds) - 1) + 1, latent_size]: ``steps`` slerp frames from each
+    seed's latent towards the next one's, then the last seed's latent."""
+    if len(seeds) < 2 or steps < 1:
+        raise ValueError(f"--seeds {','.join(map(str, seeds))} --steps {steps}: expected at least "
+                         f"two seeds and at least one step")
+    keys = [sample_latents(1, latent_size, seed, truncation)[0] for seed in seeds]
+    fractions = np.arange(steps) / steps
+    path = [slerp(a, b, fractions) for a, b in zip(keys[:-1], keys[1:])]
+    return np.concatenate(path + [keys[-1][None]]).astype(np.float32)
+
+
+def interpolate(model: keras.Model, seeds: list[int], steps: int = 30,
+                truncation: float | None = None, batch_size: int = 64) -> np.ndarray:
+    """uint8 frames [steps * (len(seeds) - 1) + 1, R, R, C] of a walk through the seeds' latents."""
+    latents = interpolation_latents(seeds, model.input_shape[-1], steps, truncation)
+    return images_from_latents(model, latents, batch_size)
+
+
+def enlarge(images: np.ndarray, min_size: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of uint8 [..., H, W, C] by the smallest integer factor
+    that makes the larger side at least ``min_size``."""
+    factor = max(1, int(np.ceil(min_size / max(images.shape[-3:-1]))))
+    return images.repeat(factor, axis=-3).repeat(factor, axis=-2)
+
+
+def save_animation(path: Path, frames: np.ndarray, fps: float = 24.0, min_size: int = 256) -> Path:
+    """Write uint8 frames [T, H, W, C] as an animated GIF (Pillow, looping) or, for a ``.mp4``
+    path, an H.264 video (needs the ``imageio-ffmpeg`` package). Small frames are enlarged
+    (nearest) to at least ``min_size`` pixels."""
+    from PIL import Image
+
+    path = Path(path)
+    frames = enlarge(frames, min_size)
+    if frames.shape[-1] == 1:
+        frames = frames[..., 0]
+    if path.suffix.lower() == ".mp4":
+        try:
+            import imageio_ffmpeg
+        except ImportError:
+            raise ValueError(f"--out {path}: MP4 needs the imageio-ffmpeg package "
+                             f"(pip install imageio-ffmpeg); or write a .gif") from None
+        height, width = frames.shape[1:3]
+        writer = imageio_ffmpeg.write_frames(
+            str(path), (width, height), fps=fps,
+            pix_fmt_in="rgb24" if frames.ndim == 4 else "gray")
+        writer.send(None)
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame).tobytes())
+        writer.close()
+        return path
+    if path.suffix.lower() != ".gif":
+        raise ValueError(f"--out {path}: expected a .gif or .mp4 file name")
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:],
+                   duration=int(round(1000 / fps)), loop=0)
+    return path
+
+
+class ExportedGenerator(tf.Module):
+    """A generator as a ``tf.Module`` whose ``generate`` signature maps float32 latents
+    [None, latent_size] to uint8 images [None, R, R, C] (rounded, clipped to 0-255)."""
+
+    def __init__(self, model: keras.Model):
+        super().__init__(name="progan_generator")
+        self.model = model
+        latent_size = model.input_shape[-1]
+        self.generate = tf.function(
+            self._generate, input_signature=[tf.TensorSpec([None, latent_size], tf.float32,
+                                                           name="latents")])
+
+    def _generate(self, latents):
+        images = self.model(latents, training=False)
+        # tf.round rounds half to even, as np.rint in to_uint8 does.
+        return {"images": tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0.0, 255.0),
+                                  tf.uint8)}
+
+
+def _with_upscale_layers(model: keras.Model) -> keras.Model:
+    """The same functional model sharing every layer, with ``Lambda(upscale2d)`` layers
+    replaced by the registered ``Upscale2D`` layer, so the ``.keras`` file loads with
+    Keras' default ``safe_mode`` (a Lambda layer would need ``safe_mode=False``)."""
+
+    def reuse(layer):
+        if isinstance(layer, keras.layers.Lambda) and layer.function is upscale2d:
+            return Upscale2D(name=layer.name)
+        if isinstance(layer, keras.layers.Lambda):
+            raise ValueError(f"cannot export Lambda layer {layer.name!r} to a .keras file")
+        return layer
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, Upscale2D):  # the Lambda's call arguments (mask=...) do not apply
+            return layer(*args)
+        return layer(*args, **kwargs)
+
+    return keras.models.clone_model(model, clone_function=reuse, call_function=call)
+
+
+def export(run_dir: Path, out: Path, snapshot: str | int | float = "latest") -> dict:
+    """Write a snapshot's EMA generator (at its stage) to ``out``.
+
+    * ``out/saved_model/``: a TensorFlow SavedModel with the ``serving_default`` signature
+      ``latents`` float32 [None, latent_size] -> ``images`` uint8 [None, R, R, C]; it loads
+      with plain ``tf.saved_model.load`` (no progan needed);
+    * ``out/generator.keras``: the Keras model (float32 images in about [-1, 1]); loading it
+      with ``keras.saving.load_model`` needs the progan layers registered
+      (``import progan.layers``);
+    * ``out/export.json``: the run, snapshot, kimg, resolution, alpha and model config.
+
+    Returns that description with the paths.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    loaded = load_generator(run_dir, snapshot)
+    out.mkdir(parents=True, exist_ok=True)
+    saved_model = out / SAVED_MODEL_DIR
+    if saved_model.exists():
+        shutil.rmtree(saved_model)
+    module = ExportedGenerator(loaded.model)
+    tf.saved_model.save(module, str(saved_model), signatures={"serving_default": module.generate})
+    keras_file = out / KERAS_FILE
+    _with_upscale_layers(loaded.model).save(keras_file)
+    stage = loaded.stage
+    description = {
+        "run": str(run_dir.resolve()), "snapshot": snapshot_name(loaded.images_seen),
+        "images_seen": loaded.images_seen, "kimg": loaded.images_seen / 1000,
+        "resolution": stage.resolution, "fading": stage.fading, "alpha": stage.alpha,
+        "latent_size": loaded.config.model.latent_size,
+        "num_channels": loaded.config.model.num_channels,
+        "saved_model": str(saved_model), "keras": str(keras_file),
+        "model": loaded.config.to_dict()["model"],
+    }
+    (out / EXPORT_INFO).write_text(json.dumps(description, indent=2) + "\n")
+    return description

@@ -1,0 +1,166 @@
+import argparse
+import json
+
+import numpy as np
+import pytest
+from run_fixtures import copy_run, tiny_run, tiny_run_16  # noqa: F401  (fixtures)
+
+from progan.dataset.reader import read_images
+from progan.evaluation import cli
+from progan.evaluation import run as evaluation
+from progan.evaluation.features import RandomConvFeatures
+from progan.evaluation.frechet import frechet_distance
+from progan.evaluation.msssim import ms_ssim
+from progan.evaluation.swd import swd
+from progan.generate import generate, load_generator
+from progan.training.state import list_snapshots, read_best
+from progan.training.trainer import read_run, select_snapshot
+
+REQUIRED = {"kimg", "images_seen", "snapshot", "resolution", "metric", "value", "num_images",
+            "split", "time", "seconds"}
+
+
+def evaluate_parser():
+    parser = argparse.ArgumentParser(prog="progan")
+    cli.add_evaluate(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_swd_of_every_snapshot_metrics_files_and_best(tiny_run, tmp_path, capsys):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    parser = evaluate_parser()
+    args = parser.parse_args(["evaluate", str(run_dir), "--metrics", "swd", "--num-images", "32",
+                              "--snapshots", "all"])
+    args.run(args, parser)
+    output = capsys.readouterr()
+    # the synthetic set has no test split: one warning, then the train split
+    assert output.out.count("warning: the test split") == 1
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    snapshots = [seen for seen, _ in list_snapshots(run_dir / "checkpoints")]
+    assert [r["images_seen"] for r in records] == snapshots
+    assert all(REQUIRED <= set(r) and r["metric"] == "swd" and r["split"] == "train"
+               and r["num_images"] == 32 for r in records)
+    assert [r["resolution"] for r in records] == [4, 4, 8, 8, 8, 8, 8]
+    assert (run_dir / "metrics.png").stat().st_size > 10_000
+
+    # the value is SWD between the snapshot's EMA images and the first 32 train images
+    fading = next(r for r in records if r["images_seen"] == 304)
+    assert fading["fading"] and fading["alpha"] == pytest.approx(0.52)
+    fakes = generate(load_generator(run_dir, "0.304").model, 32, seed=0)
+    reals = read_images(read_run(run_dir)["data"], 8, "train", 32)
+    expected = swd(reals, fakes, seed=0)
+    assert fading["value"] == pytest.approx(expected["avg"], rel=1e-9)
+    assert fading["values"] == pytest.approx({"8": expected[8]})
+
+    # best: the lowest SWD among the snapshots at the highest resolution evaluated
+    best = read_best(run_dir / "checkpoints")["swd"]
+    at_8 = [r for r in records if r["resolution"] == 8]
+    chosen = min(at_8, key=lambda r: r["value"])
+    assert (best["images_seen"], best["value"]) == (chosen["images_seen"], chosen["value"])
+    assert best["snapshot"] == f"snapshot-{chosen['images_seen']:012d}"
+    assert select_snapshot(run_dir, "best:swd") == chosen["images_seen"]
+
+
+def test_fid_needs_inception_unless_random_features_are_chosen(tiny_run, tmp_path, capsys):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    parser = evaluate_parser()
+    args = parser.parse_args(["evaluate", str(run_dir), "--metrics", "swd,fid", "--num-images", "32"])
+    with pytest.raises(SystemExit) as exit_info:
+        args.run(args, parser)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "--inception-weights" in message and \
+        "--inception-graph" in message
+    args = parser.parse_args(["evaluate", str(run_dir), "--metrics", "kid",
+                              "--inception-graph", str(tmp_path / "missing.pb")])
+    with pytest.raises(SystemExit):
+        args.run(args, parser)
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "--inception-graph" in message and "missing.pb" in message
+    with pytest.raises(evaluation.EvaluationError, match="--metrics"):
+        evaluation.parse_metrics("swd,fdi")
+    assert not (run_dir / "metrics.jsonl").exists()
+
+    data = tmp_path / "data"
+    copy_run(read_run(run_dir)["data"], data)  # a private dataset copy for the cache
+    description = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**description, "data": str(data)}))
+    extractor = RandomConvFeatures(seed=0)
+    records = evaluation.evaluate_snapshot(run_dir, 600, ["fid", "kid"], num_images=48,
+                                           split="train", feature_extractor=extractor)
+    cached = list((data / ".cache").glob("*.npz"))
+    assert len(cached) == 1 and "r8-train-48-random-conv" in cached[0].name
+
+    fakes = generate(load_generator(run_dir, "0.6").model, 48, seed=0)
+    real_features = extractor.features(read_images(data, 8, "train", 48))
+    fake_features = extractor.features(fakes)
+    expected = frechet_distance(real_features.mean(0), np.cov(real_features, rowvar=False),
+                                fake_features.mean(0), np.cov(fake_features, rowvar=False))
+    assert records["fid"]["value"] == pytest.approx(expected, rel=1e-6)
+    assert records["fid"]["feature_extractor"] == extractor.name
+
+    # a second evaluation reads the real statistics from the cache, not the images
+    calls = []
+    original = extractor.features
+    extractor.features = lambda images: calls.append(len(images)) or original(images)
+    again = evaluation.evaluate_snapshot(run_dir, 600, ["fid"], num_images=48, split="train",
+                                         feature_extractor=extractor)
+    assert calls == [48] and again["fid"]["value"] == pytest.approx(records["fid"]["value"])
+
+
+def test_test_split_and_msssim_at_16(tiny_run_16, tmp_path):
+    run_dir = copy_run(tiny_run_16, tmp_path / "run")
+    lines = []
+    evaluator = evaluation.SnapshotEvaluator(run_dir, ["swd", "msssim"], num_images=16,
+                                             log=lines.append)
+    records = evaluator.evaluate(16)
+    assert not any("warning" in line for line in lines)
+    assert {r["split"] for r in records.values()} == {"test"}
+    data = read_run(run_dir)["data"]
+    reals = read_images(data, 16, "test", 16)
+    fakes = generate(load_generator(run_dir, "latest").model, 16, seed=0)
+    assert records["msssim"]["value"] == pytest.approx(ms_ssim(fakes))
+    assert records["msssim"]["real_value"] == pytest.approx(ms_ssim(reals))
+    assert records["swd"]["value"] == pytest.approx(swd(reals, fakes, seed=0)["avg"])
+
+    lines.clear()
+    fallback = evaluation.evaluate_snapshot(run_dir, 0, ["swd"], num_images=32, log=lines.append)
+    assert fallback["swd"]["split"] == "train"
+    assert sum("warning" in line for line in lines) == 1
+    with pytest.raises(evaluation.EvaluationError, match="--num-images 64: the train split"):
+        evaluation.evaluate_snapshot(run_dir, 0, ["swd"], num_images=64, log=lines.append)
+
+
+def record(images_seen, metric, value, resolution=8, num_images=100, **extra):
+    return {"images_seen": images_seen, "kimg": images_seen / 1000, "metric": metric,
+            "value": value, "resolution": resolution, "num_images": num_images, "split": "test",
+            "snapshot": f"snapshot-{images_seen:012d}", **extra}
+
+
+def test_best_rules(tiny_run, tmp_path):
+    """Lowest value at the highest resolution among comparable records of snapshots on disk;
+    MS-SSIM closest to the reals'; other metrics' entries are kept."""
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    (run_dir / "checkpoints" / "best.json").write_text(json.dumps(
+        {"other": {"snapshot": "snapshot-000000000600", "images_seen": 600, "value": 1.0}}))
+    records = [
+        record(0, "swd", 1.0, resolution=4),            # lower, but at 4x4
+        record(400, "swd", 9.0),
+        record(504, "swd", 5.0),
+        record(600, "swd", 7.0),
+        record(504, "swd", 8.0),                        # re-evaluated: the latest record counts
+        record(600, "swd", 0.5, num_images=10),         # not comparable with the newest record
+        record(600, "swd", 6.0),                        # the newest: 100 images
+        record(400, "msssim", 0.30, real_value=0.20),
+        record(504, "msssim", 0.15, real_value=0.20),   # closest to the reals
+        record(600, "msssim", 0.05, real_value=0.20),
+        record(999, "msssim", 0.20, real_value=0.20),   # no such snapshot on disk
+    ]
+    evaluation.append_records(run_dir, records)
+    best = evaluation.update_best(run_dir)
+    assert best["swd"]["images_seen"] == 600 and best["swd"]["value"] == 6.0
+    assert best["msssim"]["images_seen"] == 504 and best["msssim"]["real_value"] == 0.20
+    assert best["other"]["value"] == 1.0
+    assert read_best(run_dir / "checkpoints") == best
+    assert evaluation.plot_metrics(run_dir).exists()

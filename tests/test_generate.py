@@ -1,0 +1,206 @@
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import scipy.stats
+import tensorflow as tf
+from PIL import Image
+from run_fixtures import tiny_run  # noqa: F401  (fixture)
+
+from progan import generate as gen
+from progan.evaluation import cli
+from progan.training.state import CheckpointError, list_snapshots
+
+
+def checkpoint_values(run_dir, images_seen, prefix):
+    """The arrays saved under ``prefix/<i>`` (e.g. the ema list) of a snapshot, by index."""
+    path = run_dir / "checkpoints" / f"snapshot-{images_seen:012d}" / "ckpt"
+    reader = tf.train.load_checkpoint(str(path))
+    values = {}
+    for name, _ in tf.train.list_variables(str(path)):
+        parts = name.split("/")
+        if parts[0] == prefix and parts[-1] == "VARIABLE_VALUE" and len(parts) == 4:
+            values[int(parts[1])] = reader.get_tensor(name)
+    return [values[index] for index in sorted(values)]
+
+
+def test_load_generator_restores_the_ema_weights_and_the_stage_alpha(tiny_run):
+    loaded = gen.load_generator(tiny_run, "0.304")
+    assert loaded.images_seen == 304
+    # TINY_CONFIG: 4x4 stable for 200 images, then the 8x8 fade over the next 200.
+    assert (loaded.stage.resolution, loaded.stage.fading) == (8, True)
+    assert loaded.stage.alpha == pytest.approx((304 - 200) / 200)
+    assert loaded.model.output_shape == (None, 8, 8, 3)
+    fade = [layer for layer in loaded.model.layers if layer.name == "generator_fade"][0]
+    assert float(fade.alpha.numpy()) == pytest.approx(0.52)
+
+    ema = checkpoint_values(tiny_run, 304, "ema")
+    trained = checkpoint_values(tiny_run, 304, "generator")
+    weights = [v.numpy() for v in loaded.model.trainable_weights]
+    assert len(ema) == len(trained) > 0
+    by_shape_ema = {value.tobytes() for value in ema}
+    assert all(weight.tobytes() in by_shape_ema for weight in weights)
+    assert not any(np.array_equal(a, b) for a, b in zip(ema, trained) if a.size > 1)
+
+    latest = gen.load_generator(tiny_run)
+    assert latest.images_seen == list_snapshots(tiny_run / "checkpoints")[-1][0]
+    assert (latest.stage.resolution, latest.stage.fading, latest.stage.alpha) == (8, False, 1.0)
+    with pytest.raises(CheckpointError, match="no snapshot at 12 images"):
+        gen.load_snapshot(tiny_run, 12, loaded.config)
+
+
+def test_generate_is_seeded_and_truncation_resamples_large_components():
+    latents = gen.sample_latents(4, 16, seed=5)
+    assert latents.dtype == np.float32
+    np.testing.assert_array_equal(
+        latents, np.random.default_rng(5).standard_normal((4, 16)).astype(np.float32))
+    assert not np.array_equal(latents, gen.sample_latents(4, 16, seed=6))
+
+    truncated = gen.sample_latents(4000, 16, seed=5, truncation=1.0).astype(np.float64)
+    assert np.abs(truncated).max() <= 1.0
+    # components already inside the threshold on the first draw are kept as drawn
+    first = np.random.default_rng(5).standard_normal((4000, 16))
+    inside = np.abs(first) <= 1.0
+    np.testing.assert_array_equal(truncated[inside], first[inside].astype(np.float32))
+    # redrawing until inside gives a normal truncated at +-1
+    statistic = scipy.stats.kstest(truncated.ravel(), scipy.stats.truncnorm(-1.0, 1.0).cdf)
+    assert statistic.pvalue > 1e-3
+    with pytest.raises(ValueError, match="--truncation"):
+        gen.sample_latents(1, 16, 0, truncation=0.0)
+
+
+def test_generate_images(tiny_run):
+    model = gen.load_generator(tiny_run).model
+    images = gen.generate(model, 5, seed=3, batch_size=2)
+    assert images.dtype == np.uint8 and images.shape == (5, 8, 8, 3)
+    expected = np.clip(np.rint((model(gen.sample_latents(5, 16, 3)).numpy() + 1) * 127.5), 0, 255)
+    np.testing.assert_array_equal(images, expected.astype(np.uint8))
+    np.testing.assert_array_equal(gen.generate(model, 1, seed=3)[0], images[0])
+
+
+def reference_slerp(a, b, t):
+    """Unit vectors: rotate a towards b in their plane, cos(t w) a + sin(t w) u."""
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    angle = np.arccos(np.dot(a, b))
+    u = b - np.dot(a, b) * a
+    u /= np.linalg.norm(u)
+    return np.cos(t[:, None] * angle) * a + np.sin(t[:, None] * angle) * u
+
+
+def test_slerp_matches_a_rotation_in_the_plane_of_the_endpoints():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(32), rng.standard_normal(32)
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    t = np.linspace(0, 1, 9)
+    path = gen.slerp(a, b, t)
+    np.testing.assert_allclose(path, reference_slerp(a, b, t), atol=1e-12)
+    np.testing.assert_allclose(path[0], a, atol=1e-12)
+    np.testing.assert_allclose(path[-1], b, atol=1e-12)
+    steps = np.arccos(np.clip(np.sum(path[1:] * path[:-1], axis=1), -1, 1))
+    np.testing.assert_allclose(steps, steps[0], atol=1e-9)  # constant angular speed
+    np.testing.assert_allclose(gen.slerp(a, a, t), np.tile(a, (9, 1)), atol=1e-12)
+
+
+def test_interpolate_walks_from_seed_to_seed_and_writes_a_gif(tiny_run, tmp_path):
+    model = gen.load_generator(tiny_run).model
+    latents = gen.interpolation_latents([1, 2, 3], 16, steps=4)
+    assert latents.shape == (9, 16)
+    np.testing.assert_array_equal(latents[4], gen.sample_latents(1, 16, 2)[0])
+    frames = gen.interpolate(model, [1, 2, 3], steps=4)
+    assert frames.shape == (9, 8, 8, 3)
+    np.testing.assert_array_equal(frames[0], gen.generate(model, 1, seed=1)[0])
+    np.testing.assert_array_equal(frames[-1], gen.generate(model, 1, seed=3)[0])
+
+    parser = argparse.ArgumentParser(prog="progan")
+    subparsers = parser.add_subparsers(dest="command")
+    cli.add_interpolate(subparsers)
+    args = parser.parse_args(["interpolate", str(tiny_run), "--seeds", "1,2,3", "--steps", "4",
+                              "--size", "64", "--out", str(tmp_path / "walk.gif")])
+    args.run(args, parser)
+    with Image.open(tmp_path / "walk.gif") as gif:
+        assert gif.n_frames == 9 and gif.size == (64, 64)
+        gif.seek(0)
+        first = np.asarray(gif.convert("RGB"))[::8, ::8]
+    # GIF palettes quantise colours; the frame is still the seed-1 image
+    assert np.abs(first.astype(int) - frames[0]).mean() < 8
+
+    with pytest.raises(SystemExit):
+        parser.parse_args(["interpolate", str(tiny_run), "--seeds", "1", "--out", "x.gif"])
+    args = parser.parse_args(["interpolate", str(tiny_run), "--steps", "2",
+                              "--out", str(tmp_path / "walk.mp4")])
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit):
+            args.run(args, parser)
+    else:
+        args.run(args, parser)
+        assert (tmp_path / "walk.mp4").stat().st_size > 0
+
+
+def test_generate_command_writes_a_grid_or_a_folder(tiny_run, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="progan")
+    subparsers = parser.add_subparsers(dest="command")
+    cli.add_generate(subparsers)
+    args = parser.parse_args(["generate", str(tiny_run), "--num", "6", "--seed", "2",
+                              "--truncation", "1.5", "--out", str(tmp_path / "grid.png")])
+    args.run(args, parser)
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (3 * 8 * 11, 2 * 8 * 11)  # 3x2 grid of 8x8, enlarged to >= 256
+
+    args = parser.parse_args(["generate", str(tiny_run), "--num", "3", "--snapshot", "0.304",
+                              "--out", str(tmp_path / "images")])
+    args.run(args, parser)
+    files = sorted((tmp_path / "images").iterdir())
+    assert [f.name for f in files] == ["seed0-00000.png", "seed0-00001.png", "seed0-00002.png"]
+    model = gen.load_generator(tiny_run, "0.304").model
+    np.testing.assert_array_equal(np.asarray(Image.open(files[2])), gen.generate(model, 3, 0)[2])
+
+    args = parser.parse_args(["generate", str(tiny_run), "--out", str(tmp_path / "grid.jpg")])
+    with pytest.raises(SystemExit):
+        args.run(args, parser)
+    assert "--out" in capsys.readouterr().err
+
+
+SAVED_MODEL_CHECK = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+
+    module = tf.saved_model.load(sys.argv[1])
+    serve = module.signatures["serving_default"]
+    images = serve(latents=tf.constant(np.load(sys.argv[2])))["images"]
+    assert "progan" not in sys.modules, "the SavedModel needed progan"
+    np.save(sys.argv[3], images.numpy())
+""")
+
+
+def test_export_reloads_without_progan_and_as_keras(tiny_run, tmp_path):
+    import keras
+
+    import progan.layers  # noqa: F401  (registers the layers that load_model needs)
+
+    description = gen.export(tiny_run, tmp_path / "export", "0.304")  # a fading stage
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["alpha"] == \
+        pytest.approx(0.52)
+    assert description["resolution"] == 8 and description["fading"]
+    loaded = gen.load_generator(tiny_run, "0.304")
+    latents = gen.sample_latents(5, 16, seed=9)
+    np.save(tmp_path / "latents.npy", latents)
+
+    result = subprocess.run(
+        [sys.executable, "-c", SAVED_MODEL_CHECK, description["saved_model"],
+         str(tmp_path / "latents.npy"), str(tmp_path / "images.npy")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    served = np.load(tmp_path / "images.npy")
+    assert served.dtype == np.uint8 and served.shape == (5, 8, 8, 3)
+    np.testing.assert_array_equal(served, gen.images_from_latents(loaded.model, latents))
+
+    restored = keras.saving.load_model(description["keras"])
+    np.testing.assert_allclose(restored(latents).numpy(), loaded.model(latents).numpy(),
+                               rtol=0, atol=1e-6)
