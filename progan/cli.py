@@ -227,13 +227,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from progan.config import ConfigError
     from progan.dataset.format import DatasetError
+    from progan.evaluation.run import EvaluationError
     from progan.training.distribute import DistributeError
     from progan.training.state import CheckpointError
     from progan.training.trainer import TrainingError
 
     try:
         result = args.run(args, parser)
-    except (ConfigError, DatasetError, TrainingError, CheckpointError, DistributeError) as error:
+    except (ConfigError, DatasetError, EvaluationError, TrainingError, CheckpointError,
+            DistributeError) as error:
         parser.exit(2, f"progan {args.command}: error: {error}\n")
     return int(result or 0)
 

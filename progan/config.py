@@ -143,6 +143,7 @@ class OptimizerConfig:
         _require(self.epsilon > 0, "optimizer.epsilon", "a positive number", self.epsilon)
 
 
+TRAINING_METRICS = ("swd", "msssim")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("off", "bf16", "fp16")
 
@@ -184,6 +185,14 @@ class TrainingConfig:
         _require(self.grid_size >= 1, "training.grid_size", "a positive integer", self.grid_size)
         _require(self.steps_per_call >= 1, "training.steps_per_call", "a positive integer",
                  self.steps_per_call)
+        # FID/KID need Inception weights, which `progan evaluate` takes as flags; during
+        # training only the metrics that need nothing but the data are computed.
+        unknown = [name for name in self.metrics if name not in TRAINING_METRICS]
+        _require(not unknown, "training.metrics", "some of " + ", ".join(TRAINING_METRICS)
+                 + " (FID/KID: run progan evaluate with Inception weights)", self.metrics)
+        _require(self.metrics_kimg >= 0 and self.metrics_num_images >= 2,
+                 "training.metrics_kimg/metrics_num_images", "kimg >= 0 and at least 2 images",
+                 (self.metrics_kimg, self.metrics_num_images))
 
 
 SECTIONS = {
@@ -319,7 +328,10 @@ def _preset_demo() -> Config:
     return Config(
         model=ModelConfig(latent_size=64, fmap_base=256, fmap_max=64, max_resolution=32),
         schedule=ScheduleConfig(stable_kimg=20, fade_kimg=20, batch_size=16, g_lr=0.002, d_lr=0.002),
-        training=TrainingConfig(mirror=True, tick_kimg=4, snapshot_kimg=20, grid_size=6),
+        # The EMA's half-life (ln 2 / (1 - beta) steps) must be short against 20-kimg phases:
+        # 0.99 at batch 16 is ~1 kimg, where the paper's 0.999 would be ~11 kimg.
+        training=TrainingConfig(mirror=True, tick_kimg=4, snapshot_kimg=20, grid_size=6,
+                                ema_beta=0.99, keep_checkpoints=10, steps_per_call=8),
     )
 
 

@@ -25,7 +25,6 @@ import numpy as np
 import tensorflow as tf
 
 from progan.config import Config
-from progan.layers import Upscale2D, upscale2d
 from progan.networks import ProGAN
 from progan.training.report import to_uint8
 from progan.training.schedule import Schedule, Stage
@@ -226,26 +225,6 @@ class ExportedGenerator(tf.Module):
                                   tf.uint8)}
 
 
-def _with_upscale_layers(model: keras.Model) -> keras.Model:
-    """The same functional model sharing every layer, with ``Lambda(upscale2d)`` layers
-    replaced by the registered ``Upscale2D`` layer, so the ``.keras`` file loads with
-    Keras' default ``safe_mode`` (a Lambda layer would need ``safe_mode=False``)."""
-
-    def reuse(layer):
-        if isinstance(layer, keras.layers.Lambda) and layer.function is upscale2d:
-            return Upscale2D(name=layer.name)
-        if isinstance(layer, keras.layers.Lambda):
-            raise ValueError(f"cannot export Lambda layer {layer.name!r} to a .keras file")
-        return layer
-
-    def call(layer, *args, **kwargs):
-        if isinstance(layer, Upscale2D):  # the Lambda's call arguments (mask=...) do not apply
-            return layer(*args)
-        return layer(*args, **kwargs)
-
-    return keras.models.clone_model(model, clone_function=reuse, call_function=call)
-
-
 def export(run_dir: Path, out: Path, snapshot: str | int | float = "latest") -> dict:
     """Write a snapshot's EMA generator (at its stage) to ``out``.
 
@@ -268,7 +247,7 @@ def export(run_dir: Path, out: Path, snapshot: str | int | float = "latest") -> 
     module = ExportedGenerator(loaded.model)
     tf.saved_model.save(module, str(saved_model), signatures={"serving_default": module.generate})
     keras_file = out / KERAS_FILE
-    _with_upscale_layers(loaded.model).save(keras_file)
+    loaded.model.save(keras_file)
     stage = loaded.stage
     description = {
         "run": str(run_dir.resolve()), "snapshot": snapshot_name(loaded.images_seen),

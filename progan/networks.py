@@ -19,8 +19,8 @@ import math
 import keras
 
 from progan.config import ModelConfig
-from progan.layers import (SQRT2, Bias, EqualizedConv2D, EqualizedDense, FadeIn,
-                           MinibatchStddev, PixelNorm, downscale2d, upscale2d)
+from progan.layers import (SQRT2, Bias, Downscale2D, EqualizedConv2D, EqualizedDense, FadeIn,
+                           MinibatchStddev, PixelNorm, Upscale2D)
 
 
 def level_of(resolution: int) -> int:
@@ -146,7 +146,7 @@ class ProGAN:
             for block_level in range(2, level + 1):
                 if block_level == level and fading:
                     previous = _apply([self._to_rgb[level - 1],
-                                       keras.layers.Lambda(upscale2d, name="upscale_previous")],
+                                       Upscale2D(name="upscale_previous")],
                                       features, table)
                 features = _apply(self._generator_blocks[block_level], features, table)
             images = _apply([self._to_rgb[level]], features, table)
@@ -177,7 +177,7 @@ class ProGAN:
                 features = _apply(self._discriminator_blocks[block_level], features, table)
                 if block_level == level and fading:
                     previous = _apply(
-                        [keras.layers.Lambda(downscale2d, name="downscale_input")]
+                        [Downscale2D(name="downscale_input")]
                         + self._from_rgb[level - 1], images, table)
                     features = _apply([self.discriminator_fade], [previous, features], table)
             scores = _apply([keras.layers.Activation("linear", dtype="float32", name="scores")],

@@ -130,6 +130,7 @@ class Trainer:
         self._steps: dict = {}
         self._stop_requested = False
         self._last_metrics = None
+        self._evaluator = None
         self._grid_latents = np.random.RandomState(training.seed).standard_normal(
             (training.grid_size ** 2, config.model.latent_size)).astype(np.float32)
 
@@ -331,11 +332,13 @@ class Trainer:
             or self.schedule.is_finished(images_seen)
         if not due:
             return
-        from progan.evaluation.run import evaluate_snapshot
+        if self._evaluator is None:
+            from progan.evaluation.run import SnapshotEvaluator
 
-        evaluate_snapshot(self.run_dir, images_seen, training.metrics,
-                          num_images=training.metrics_num_images, seed=training.seed,
-                          log=self.reporter.log)
+            self._evaluator = SnapshotEvaluator(self.run_dir, training.metrics,
+                                                num_images=training.metrics_num_images,
+                                                seed=training.seed, log=self.reporter.log)
+        self._evaluator.evaluate(images_seen)
         self._last_metrics = images_seen
 
     def _weights_finite(self) -> bool:
