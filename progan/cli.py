@@ -124,11 +124,14 @@ def _run_train(args, parser):
     data, out = args.data, args.out
     if data is None:
         from progan.dataset.synthetic import ensure_synthetic
+        from progan.training.schedule import Schedule
+
+        total_kimg = Schedule(config.schedule, config.model.max_resolution).total_kimg
 
         print(f"progan train: no --data given, so this runs the built-in demo: the synthetic "
               f"face set ({DEMO_DATA['num_images']} images, built once into {DEFAULT_DATA}) and "
               f"the '{args.config or 'demo'}' preset, 4x4 -> {config.model.max_resolution}x"
-              f"{config.model.max_resolution} ({config.schedule.total_kimg or 'full schedule'} kimg); "
+              f"{config.model.max_resolution} ({total_kimg:g} kimg); "
               f"the demo preset takes about 15 minutes on a 2-core CPU.", flush=True)
         data = ensure_synthetic(DEFAULT_DATA, **DEMO_DATA)
         out = out or DEFAULT_RUN

@@ -130,6 +130,13 @@ def test_test_split_and_msssim_at_16(tiny_run_16, tmp_path):
     assert sum("warning" in line for line in lines) == 1
     with pytest.raises(evaluation.EvaluationError, match="--num-images 64: the train split"):
         evaluation.evaluate_snapshot(run_dir, 0, ["swd"], num_images=64, log=lines.append)
+    # without --num-images the default is capped at the real images there are, with a note
+    lines.clear()
+    capped = evaluation.evaluate_snapshot(run_dir, 0, ["swd"], num_images=None, log=lines.append)
+    available = read_images(data, 16, "train").shape[0]
+    assert available < evaluation.DEFAULT_NUM_IMAGES
+    assert capped["swd"]["num_images"] == available and capped["swd"]["split"] == "train"
+    assert any(f"evaluating with {available} instead of" in line for line in lines)
 
 
 def record(images_seen, metric, value, resolution=8, num_images=100, **extra):

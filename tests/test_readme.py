@@ -1,5 +1,6 @@
 """README is the front door: its commands must stay true."""
 
+import json
 import os
 import re
 import shlex
@@ -62,3 +63,14 @@ def test_the_readme_main_command_trains(tmp_path):
     run = tmp_path / "runs" / "demo"
     assert (run / "config.json").exists() and (run / "curves.png").exists()
     assert "done: kimg 0.3" in (run / "log.txt").read_text()
+
+    # ... and the evaluation README shows next, word for word
+    evaluate = next(c for c in bash_commands() if c.startswith("progan evaluate runs/demo"))
+    result = subprocess.run([sys.executable, "-m", *shlex.split(evaluate)], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    kimgs = [r["kimg"] for r in records]  # the snapshot at kimg 0 and the final one
+    assert len(kimgs) == 2 and kimgs[0] == 0.0 and 0.3 <= kimgs[1] < 0.35
+    assert {(r["metric"], r["num_images"]) for r in records} == {("swd", 4096)}
+    assert (run / "metrics.png").exists() and (run / "checkpoints" / "best.json").exists()

@@ -46,9 +46,10 @@ def add_evaluate(subparsers):
     parser.add_argument("run_dir", type=Path, help="run directory")
     parser.add_argument("--metrics", default="swd",
                         help="comma-separated: swd, msssim, fid, kid (default swd)")
-    parser.add_argument("--num-images", type=int, default=10000,
-                        help="generated images per snapshot, and as many reals (default 10000; "
-                             "the paper: 16384 for SWD, 20000 for MS-SSIM, 50000 for FID)")
+    parser.add_argument("--num-images", type=int, default=None,
+                        help="generated images per snapshot, and as many reals (default 10000, "
+                             "or all real images of a smaller data set; the paper: 16384 for "
+                             "SWD, 20000 for MS-SSIM, 50000 for FID)")
     parser.add_argument("--snapshots", default="latest",
                         help="latest | all | best[:METRIC] | KIMG[,KIMG...] (default latest)")
     parser.add_argument("--split", choices=("test", "train"), default="test",

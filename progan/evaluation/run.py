@@ -39,6 +39,7 @@ import numpy as np
 
 METRICS = ("swd", "msssim", "fid", "kid")
 FEATURE_METRICS = ("fid", "kid")
+DEFAULT_NUM_IMAGES = 10000  # progan evaluate without --num-images (capped at the real images there are)
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
 MSSSIM_MIN_RESOLUTION = 16
@@ -104,7 +105,8 @@ class SnapshotEvaluator:
     Args:
         run_dir: the run directory.
         metrics: names from ``METRICS``.
-        num_images: fake images per snapshot (and real images to compare with).
+        num_images: fake images per snapshot (and real images to compare with); None for
+            ``DEFAULT_NUM_IMAGES`` or, on a smaller data set, all of its real images.
         split: real images' split, ``test`` (falls back to ``train`` if too small) or ``train``.
         seed: latents of the fakes and the SWD / KID sampling.
         feature_extractor: a `progan.evaluation.FeatureExtractor`; needed for fid/kid.
@@ -122,6 +124,9 @@ class SnapshotEvaluator:
         self.config = run["config"]
         self.data = Path(run["data"])
         self.metrics = parse_metrics(metrics)
+        # None: DEFAULT_NUM_IMAGES, or all the real images there are if the data set is smaller
+        self._num_images_is_default = num_images is None
+        num_images = DEFAULT_NUM_IMAGES if num_images is None else num_images
         if num_images < 2:
             raise EvaluationError(f"--num-images {num_images}: expected at least 2")
         if split not in ("test", "train"):
@@ -155,8 +160,15 @@ class SnapshotEvaluator:
                 split = "train"
                 first, stop = info.split_range(split)
             if stop - first < self.num_images:
-                raise EvaluationError(f"--num-images {self.num_images}: the {split} split of "
-                                      f"{self.data} has only {stop - first} images")
+                if not self._num_images_is_default:
+                    raise EvaluationError(f"--num-images {self.num_images}: the {split} split "
+                                          f"of {self.data} has only {stop - first} images")
+                self.log(f"note: the {split} split of {self.data} has {stop - first} images; "
+                         f"evaluating with {stop - first} instead of {self.num_images}")
+                self.num_images = stop - first
+                if self.num_images < 2:
+                    raise EvaluationError(f"{self.data}: the {split} split has "
+                                          f"{self.num_images} images, metrics need at least 2")
             self._split = split
         return self._split
 
