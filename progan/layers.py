@@ -250,42 +250,44 @@ def downscale2d(images, factor=2):
     return tf.nn.avg_pool2d(images, factor, factor, "VALID")
 
 
-@keras.saving.register_keras_serializable(package="progan")
-class Upscale2D(keras.layers.Layer):
-    """Nearest-neighbour upscaling. Shapes: ``[N, H, W, C] -> [N, fH, fW, C]``."""
+class _Resample2D(keras.layers.Layer):
+    """Base of `Upscale2D` / `Downscale2D`: an integer ``factor`` and a shape rule."""
 
     def __init__(self, factor=2, **kwargs):
         super().__init__(**kwargs)
         self.factor = int(factor)
+
+    def _size(self, size):
+        raise NotImplementedError
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        return (n, None if h is None else self._size(h), None if w is None else self._size(w), c)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="progan")
+class Upscale2D(_Resample2D):
+    """Nearest-neighbour upscaling. Shapes: ``[N, H, W, C] -> [N, fH, fW, C]``."""
 
     def call(self, inputs):
         return upscale2d(inputs, self.factor)
 
-    def compute_output_shape(self, input_shape):
-        n, h, w, c = input_shape
-        return (n, None if h is None else h * self.factor, None if w is None else w * self.factor, c)
-
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
+    def _size(self, size):
+        return size * self.factor
 
 
 @keras.saving.register_keras_serializable(package="progan")
-class Downscale2D(keras.layers.Layer):
+class Downscale2D(_Resample2D):
     """2x2 (factor x factor) average pooling. Shapes: ``[N, H, W, C] -> [N, H/f, W/f, C]``."""
-
-    def __init__(self, factor=2, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = int(factor)
 
     def call(self, inputs):
         return downscale2d(inputs, self.factor)
 
-    def compute_output_shape(self, input_shape):
-        n, h, w, c = input_shape
-        return (n, None if h is None else h // self.factor, None if w is None else w // self.factor, c)
-
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
+    def _size(self, size):
+        return size // self.factor
 
 
 @keras.saving.register_keras_serializable(package="progan")
