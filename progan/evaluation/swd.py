@@ -302,10 +302,14 @@ def _sign_changing_buckets(position_a: np.ndarray, position_b: np.ndarray, start
     bucket = keys >> 33
     fraction = ((keys >> 1) & 0xFFFFFFFF).astype(np.uint32).view(np.float32).astype(np.float64)
     step = 1.0 - 2.0 * (keys & 1)
-    # running count difference: the bucket's start plus the steps taken inside it
-    changing_before = np.cumsum(np.where(sign == 0, difference, 0.0).reshape(-1), dtype=np.float64)
-    changing_before -= np.where(sign == 0, difference, 0.0).reshape(-1)
-    after = (start.reshape(-1) - changing_before)[bucket] + np.cumsum(step)
+    # running count difference: the bucket's start plus the steps taken inside it. The
+    # cumulative sum of steps runs over all these buckets, so subtract what the changing
+    # buckets before this one contributed (their count differences).
+    changing = np.flatnonzero(sign.reshape(-1) == 0)
+    changing_difference = difference.reshape(-1)[changing].astype(np.float64)
+    changing_before = np.cumsum(changing_difference) - changing_difference
+    in_changing = np.searchsorted(changing, bucket)
+    after = (start.reshape(-1)[bucket] - changing_before[in_changing]) + np.cumsum(step)
     first = np.ones(len(keys), bool)
     first[1:] = bucket[1:] != bucket[:-1]
     last = np.ones(len(keys), bool)
