@@ -54,6 +54,7 @@ OVERRIDES = {
     "--latent-size": ("model.latent_size", int),
     "--fmap-base": ("model.fmap_base", int),
     "--fmap-max": ("model.fmap_max", int),
+    "--fused-scale-from": ("model.fused_scale_from", int),
     "--fade-kimg": ("schedule.fade_kimg", float),
     "--stable-kimg": ("schedule.stable_kimg", float),
     "--total-kimg": ("schedule.total_kimg", float),
