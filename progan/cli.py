@@ -133,7 +133,7 @@ def _run_train(args, parser):
               f"face set ({DEMO_DATA['num_images']} images, built once into {DEFAULT_DATA}) and "
               f"the '{args.config or 'demo'}' preset, 4x4 -> {config.model.max_resolution}x"
               f"{config.model.max_resolution} ({total_kimg:g} kimg); "
-              f"the demo preset takes about 15 minutes on a 2-core CPU.", flush=True)
+              f"the demo preset takes about 8 minutes on a 2-core CPU.", flush=True)
         data = ensure_synthetic(DEFAULT_DATA, **DEMO_DATA)
         out = out or DEFAULT_RUN
     elif out is None:

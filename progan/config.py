@@ -326,7 +326,10 @@ def _preset_paper() -> Config:
 
 def _preset_demo() -> Config:
     return Config(
-        model=ModelConfig(latent_size=64, fmap_base=256, fmap_max=64, max_resolution=32),
+        # Fused resampling from 32x32: fewer FLOPs for the same function, faster on a CPU
+        # from 32 on (below, the strided convolutions' overhead outweighs the saving).
+        model=ModelConfig(latent_size=64, fmap_base=256, fmap_max=64, max_resolution=32,
+                          fused_scale_from=32),
         schedule=ScheduleConfig(stable_kimg=20, fade_kimg=20, batch_size=16, g_lr=0.002, d_lr=0.002),
         # The EMA's half-life (ln 2 / (1 - beta) steps) must be short against 20-kimg phases:
         # 0.99 at batch 16 is ~1 kimg, where the paper's 0.999 would be ~11 kimg.
