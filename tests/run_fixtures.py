@@ -5,6 +5,7 @@ that imports them, so the builders memoise by directory). Tests that write into 
 (metrics.jsonl, best.json) work on a copy: ``copy_run``.
 """
 
+import argparse
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,13 @@ def _train_once(key, build):
     if key not in _BUILT:
         _BUILT[key] = build()
     return _BUILT[key]
+
+
+def command_parser(add_command):
+    """A ``progan`` parser with one sub-command registered by ``add_command(subparsers)``."""
+    parser = argparse.ArgumentParser(prog="progan")
+    add_command(parser.add_subparsers(dest="command"))
+    return parser
 
 
 def copy_run(run_dir: Path, destination: Path) -> Path:

@@ -1,9 +1,8 @@
-import argparse
 import json
 
 import numpy as np
 import pytest
-from run_fixtures import copy_run, tiny_run, tiny_run_16  # noqa: F401  (fixtures)
+from run_fixtures import command_parser, copy_run, tiny_run, tiny_run_16  # noqa: F401  (fixtures)
 
 from progan.dataset.reader import read_images
 from progan.evaluation import cli
@@ -21,9 +20,7 @@ REQUIRED = {"kimg", "images_seen", "snapshot", "resolution", "metric", "value", 
 
 
 def evaluate_parser():
-    parser = argparse.ArgumentParser(prog="progan")
-    cli.add_evaluate(parser.add_subparsers(dest="command"))
-    return parser
+    return command_parser(cli.add_evaluate)
 
 
 def test_swd_of_every_snapshot_metrics_files_and_best(tiny_run, tmp_path, capsys):

@@ -1,4 +1,3 @@
-import argparse
 import json
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import pytest
 import scipy.stats
 import tensorflow as tf
 from PIL import Image
-from run_fixtures import tiny_run  # noqa: F401  (fixture)
+from run_fixtures import command_parser, tiny_run  # noqa: F401  (fixture)
 
 from progan import generate as gen
 from progan.evaluation import cli
@@ -115,9 +114,7 @@ def test_interpolate_walks_from_seed_to_seed_and_writes_a_gif(tiny_run, tmp_path
     np.testing.assert_array_equal(frames[0], gen.generate(model, 1, seed=1)[0])
     np.testing.assert_array_equal(frames[-1], gen.generate(model, 1, seed=3)[0])
 
-    parser = argparse.ArgumentParser(prog="progan")
-    subparsers = parser.add_subparsers(dest="command")
-    cli.add_interpolate(subparsers)
+    parser = command_parser(cli.add_interpolate)
     args = parser.parse_args(["interpolate", str(tiny_run), "--seeds", "1,2,3", "--steps", "4",
                               "--size", "64", "--out", str(tmp_path / "walk.gif")])
     args.run(args, parser)
@@ -143,9 +140,7 @@ def test_interpolate_walks_from_seed_to_seed_and_writes_a_gif(tiny_run, tmp_path
 
 
 def test_generate_command_writes_a_grid_or_a_folder(tiny_run, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="progan")
-    subparsers = parser.add_subparsers(dest="command")
-    cli.add_generate(subparsers)
+    parser = command_parser(cli.add_generate)
     args = parser.parse_args(["generate", str(tiny_run), "--num", "6", "--seed", "2",
                               "--truncation", "1.5", "--out", str(tmp_path / "grid.png")])
     args.run(args, parser)
