@@ -163,12 +163,12 @@ class SnapshotEvaluator:
                 if not self._num_images_is_default:
                     raise EvaluationError(f"--num-images {self.num_images}: the {split} split "
                                           f"of {self.data} has only {stop - first} images")
+                if stop - first < 2:
+                    raise EvaluationError(f"{self.data}: the {split} split has "
+                                          f"{stop - first} images, metrics need at least 2")
                 self.log(f"note: the {split} split of {self.data} has {stop - first} images; "
                          f"evaluating with {stop - first} instead of {self.num_images}")
                 self.num_images = stop - first
-                if self.num_images < 2:
-                    raise EvaluationError(f"{self.data}: the {split} split has "
-                                          f"{self.num_images} images, metrics need at least 2")
             self._split = split
         return self._split
 
