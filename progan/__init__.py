@@ -1,6 +1,6 @@
 """progan: Progressive Growing of GANs for TensorFlow 2 / Keras 3."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _check_backend():

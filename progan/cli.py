@@ -148,23 +148,31 @@ def _print_result(result, out):
 
 
 def _add_resume(subparsers):
-    parser = subparsers.add_parser("resume", help="continue a run from its latest snapshot")
+    parser = subparsers.add_parser(
+        "resume", help="continue a run from its newest readable snapshot")
     parser.add_argument("run_dir", type=Path, help="run directory")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="where the run's data set is now, if it moved (checked against the "
+                             "fingerprint in config.json; default: the recorded path)")
+    parser.add_argument("--allow-different-data", action="store_true",
+                        help="continue on a --data set whose fingerprint differs from the run's")
     parser.set_defaults(run=_run_resume)
 
 
 def _run_resume(args, parser):
     from progan.training import trainer
 
-    _print_result(trainer.resume(args.run_dir), args.run_dir)
+    result = trainer.resume(args.run_dir, args.data, args.allow_different_data)
+    _print_result(result, args.run_dir)
 
 
 def _add_finetune(subparsers):
     parser = subparsers.add_parser(
         "finetune", help="continue from a snapshot at a reduced learning rate, in a new run")
     parser.add_argument("run_dir", type=Path, help="the source run directory")
-    parser.add_argument("--checkpoint", default="latest",
-                        help="latest | best | best:METRIC | KIMG (default latest)")
+    parser.add_argument("--snapshot", default="latest",
+                        help="latest | best (by the run's primary metric) | best:METRIC | KIMG "
+                             "(default latest); a full snapshot (training state)")
     parser.add_argument("--lr-scale", type=float, default=0.8,
                         help="factor on the learning rates (thesis: 0.0008 / 0.001 = 0.8)")
     parser.add_argument("--kimg", type=float, required=True, help="how many kimg to train")
@@ -177,7 +185,7 @@ def _add_finetune(subparsers):
 def _run_finetune(args, parser):
     from progan.training import trainer
 
-    result = trainer.finetune(args.run_dir, args.out, args.checkpoint, args.lr_scale, args.kimg,
+    result = trainer.finetune(args.run_dir, args.out, args.snapshot, args.lr_scale, args.kimg,
                               args.reset_optimizer)
     _print_result(result, args.out)
 
@@ -232,14 +240,12 @@ def main(argv=None) -> int:
     from progan.config import ConfigError
     from progan.dataset.format import DatasetError
     from progan.evaluation.run import EvaluationError
+    from progan.run import RunError
     from progan.training.distribute import DistributeError
-    from progan.training.state import CheckpointError
-    from progan.training.trainer import TrainingError
 
     try:
         result = args.run(args, parser)
-    except (ConfigError, DatasetError, EvaluationError, TrainingError, CheckpointError,
-            DistributeError) as error:
+    except (ConfigError, DatasetError, EvaluationError, RunError, DistributeError) as error:
         parser.exit(2, f"progan {args.command}: error: {error}\n")
     return int(result or 0)
 

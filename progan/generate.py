@@ -28,7 +28,8 @@ from progan.config import Config
 from progan.networks import ProGAN
 from progan.training.report import to_uint8
 from progan.training.schedule import Schedule, Stage
-from progan.training.state import CheckpointError, snapshot_name
+from progan.run import RunDir
+from progan.training.state import read_ema
 
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "generator.keras"
@@ -48,43 +49,34 @@ class LoadedGenerator(NamedTuple):
     images_seen: int
 
 
-def restore_ema(networks: ProGAN, checkpoint_prefix: Path) -> None:
-    """Read only the EMA generator's variables of a snapshot into ``networks``.
-
-    ``networks`` is a ``ProGAN(config.model, with_discriminator=False)``; its
-    ``generator_variables()`` are in the order the trainer saved the ``ema`` list.
-    """
-    status = tf.train.Checkpoint(ema=list(networks.generator_variables())).read(
-        str(checkpoint_prefix))
-    status.assert_existing_objects_matched().expect_partial()
-
-
 def load_generator(run_dir: Path, snapshot: str | int | float = "latest",
-                   networks: ProGAN | None = None) -> LoadedGenerator:
+                   networks: ProGAN | None = None, log=None) -> LoadedGenerator:
     """The EMA generator of a run's snapshot, at that snapshot's stage.
 
     Args:
         run_dir: a run directory (``config.json``, ``checkpoints/``).
-        snapshot: ``"latest"``, ``"best"``, ``"best:<metric>"`` or a kimg number.
+        snapshot: ``"latest"``, ``"best"`` (by the run's primary metric), ``"best:<metric>"``
+            or a kimg number; full and network snapshots both serve.
         networks: a ``ProGAN(config.model, with_discriminator=False)`` to load into instead
             of building a new one (building costs seconds; evaluating many snapshots reuses one).
+        log: called with one line saying which snapshot was chosen (e.g. ``print``).
     """
-    from progan.training.trainer import read_run, select_snapshot
+    run = RunDir(run_dir)
+    config = run.read().config
+    images_seen, chosen = run.select_one(str(snapshot))
+    if log is not None:
+        log(f"using {chosen}")
+    return load_snapshot(run, images_seen, config, networks)
 
-    config = read_run(run_dir)["config"]
-    return load_snapshot(run_dir, select_snapshot(run_dir, str(snapshot)), config, networks)
 
-
-def load_snapshot(run_dir: Path, images_seen: int, config: Config,
+def load_snapshot(run_dir: Path | RunDir, images_seen: int, config: Config,
                   networks: ProGAN | None = None) -> LoadedGenerator:
     """`load_generator` for the snapshot at exactly ``images_seen`` of a run with ``config``."""
-    prefix = Path(run_dir) / "checkpoints" / snapshot_name(images_seen) / "ckpt"
-    if not Path(f"{prefix}.index").exists():
-        raise CheckpointError(f"{run_dir}: no snapshot at {images_seen} images "
-                              f"({images_seen / 1000:g} kimg)")
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    snapshot = run.snapshot_at(images_seen)
     if networks is None:
         networks = ProGAN(config.model, with_discriminator=False)
-    restore_ema(networks, prefix)
+    read_ema(snapshot, networks)
     stage = Schedule(config.schedule, config.model.max_resolution).stage_at(images_seen)
     networks.set_alpha(stage.alpha)
     return LoadedGenerator(networks.generator(stage.resolution, stage.fading), stage, config,
@@ -225,7 +217,7 @@ class ExportedGenerator(tf.Module):
                                   tf.uint8)}
 
 
-def export(run_dir: Path, out: Path, snapshot: str | int | float = "latest") -> dict:
+def export(run_dir: Path, out: Path, snapshot: str | int | float = "latest", log=None) -> dict:
     """Write a snapshot's EMA generator (at its stage) to ``out``.
 
     * ``out/saved_model/``: a TensorFlow SavedModel with the ``serving_default`` signature
@@ -239,7 +231,7 @@ def export(run_dir: Path, out: Path, snapshot: str | int | float = "latest") -> 
     Returns that description with the paths.
     """
     run_dir, out = Path(run_dir), Path(out)
-    loaded = load_generator(run_dir, snapshot)
+    loaded = load_generator(run_dir, snapshot, log=log)
     out.mkdir(parents=True, exist_ok=True)
     saved_model = out / SAVED_MODEL_DIR
     if saved_model.exists():
@@ -250,7 +242,7 @@ def export(run_dir: Path, out: Path, snapshot: str | int | float = "latest") -> 
     loaded.model.save(keras_file)
     stage = loaded.stage
     description = {
-        "run": str(run_dir.resolve()), "snapshot": snapshot_name(loaded.images_seen),
+        "run": str(run_dir.resolve()), "snapshot": RunDir(run_dir).snapshot_at(loaded.images_seen).name,
         "images_seen": loaded.images_seen, "kimg": loaded.images_seen / 1000,
         "resolution": stage.resolution, "fading": stage.fading, "alpha": stage.alpha,
         "latent_size": loaded.config.model.latent_size,

@@ -12,8 +12,7 @@ from progan.evaluation.frechet import frechet_distance
 from progan.evaluation.msssim import ms_ssim
 from progan.evaluation.swd import swd
 from progan.generate import generate, load_generator
-from progan.training.state import list_snapshots, read_best
-from progan.training.trainer import read_run, select_snapshot
+from progan.run import RunDir
 
 REQUIRED = {"kimg", "images_seen", "snapshot", "resolution", "metric", "value", "num_images",
             "split", "time", "seconds"}
@@ -34,7 +33,7 @@ def test_swd_of_every_snapshot_metrics_files_and_best(tiny_run, tmp_path, capsys
     assert output.out.count("warning: the test split") == 1
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    snapshots = [seen for seen, _ in list_snapshots(run_dir / "checkpoints")]
+    snapshots = sorted({s.images_seen for s in RunDir(run_dir).snapshots()})
     assert [r["images_seen"] for r in records] == snapshots
     assert all(REQUIRED <= set(r) and r["metric"] == "swd" and r["split"] == "train"
                and r["num_images"] == 32 for r in records)
@@ -45,18 +44,19 @@ def test_swd_of_every_snapshot_metrics_files_and_best(tiny_run, tmp_path, capsys
     fading = next(r for r in records if r["images_seen"] == 304)
     assert fading["fading"] and fading["alpha"] == pytest.approx(0.52)
     fakes = generate(load_generator(run_dir, "0.304").model, 32, seed=0)
-    reals = read_images(read_run(run_dir)["data"], 8, "train", 32)
+    reals = read_images(RunDir(run_dir).read().data, 8, "train", 32)
     expected = swd(reals, fakes, seed=0)
     assert fading["value"] == pytest.approx(expected["avg"], rel=1e-9)
     assert fading["values"] == pytest.approx({"8": expected[8]})
 
     # best: the lowest SWD among the snapshots at the highest resolution evaluated
-    best = read_best(run_dir / "checkpoints")["swd"]
+    best = RunDir(run_dir).read_best()["metrics"]["swd"]
     at_8 = [r for r in records if r["resolution"] == 8]
     chosen = min(at_8, key=lambda r: r["value"])
     assert (best["images_seen"], best["value"]) == (chosen["images_seen"], chosen["value"])
-    assert best["snapshot"] == f"snapshot-{chosen['images_seen']:012d}"
-    assert select_snapshot(run_dir, "best:swd") == chosen["images_seen"]
+    assert best["snapshot"] == f"network-{chosen['images_seen']:012d}"
+    assert RunDir(run_dir).select_one("best:swd")[0] == chosen["images_seen"]
+    assert RunDir(run_dir).select_one("best")[0] == chosen["images_seen"]
 
 
 def test_fid_needs_inception_unless_random_features_are_chosen(tiny_run, tmp_path, capsys):
@@ -80,7 +80,7 @@ def test_fid_needs_inception_unless_random_features_are_chosen(tiny_run, tmp_pat
     assert not (run_dir / "metrics.jsonl").exists()
 
     data = tmp_path / "data"
-    copy_run(read_run(run_dir)["data"], data)  # a private dataset copy for the cache
+    copy_run(RunDir(run_dir).read().data, data)  # a private dataset copy for the cache
     description = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps({**description, "data": str(data)}))
     extractor = RandomConvFeatures(seed=0)
@@ -114,7 +114,7 @@ def test_test_split_and_msssim_at_16(tiny_run_16, tmp_path):
     records = evaluator.evaluate(16)
     assert not any("warning" in line for line in lines)
     assert {r["split"] for r in records.values()} == {"test"}
-    data = read_run(run_dir)["data"]
+    data = RunDir(run_dir).read().data
     reals = read_images(data, 16, "test", 16)
     fakes = generate(load_generator(run_dir, "latest").model, 16, seed=0)
     assert records["msssim"]["value"] == pytest.approx(ms_ssim(fakes))
@@ -146,7 +146,7 @@ def test_best_rules(tiny_run, tmp_path):
     """Lowest value at the highest resolution among comparable records of snapshots on disk;
     MS-SSIM closest to the reals'; other metrics' entries are kept."""
     run_dir = copy_run(tiny_run, tmp_path / "run")
-    (run_dir / "checkpoints" / "best.json").write_text(json.dumps(
+    (run_dir / "checkpoints" / "best.json").write_text(json.dumps(  # progan 0.1.0's layout
         {"other": {"snapshot": "snapshot-000000000600", "images_seen": 600, "value": 1.0}}))
     records = [
         record(0, "swd", 1.0, resolution=4),            # lower, but at 4x4
@@ -161,10 +161,17 @@ def test_best_rules(tiny_run, tmp_path):
         record(600, "msssim", 0.05, real_value=0.20),
         record(999, "msssim", 0.20, real_value=0.20),   # no such snapshot on disk
     ]
-    evaluation.append_records(run_dir, records)
-    best = evaluation.update_best(run_dir)
-    assert best["swd"]["images_seen"] == 600 and best["swd"]["value"] == 6.0
-    assert best["msssim"]["images_seen"] == 504 and best["msssim"]["real_value"] == 0.20
-    assert best["other"]["value"] == 1.0
-    assert read_best(run_dir / "checkpoints") == best
+    run = RunDir(run_dir)
+    run.append_metrics(records)
+    best = evaluation.update_best(run, primary="swd")
+    assert best["primary"] == "swd"
+    assert best["metrics"]["swd"]["images_seen"] == 600 and best["metrics"]["swd"]["value"] == 6.0
+    assert best["metrics"]["msssim"]["images_seen"] == 504
+    assert best["metrics"]["msssim"]["real_value"] == 0.20
+    assert best["metrics"]["other"]["value"] == 1.0
+    assert run.read_best() == best
+    # `best` is the primary metric's choice, not the alphabetically first metric's
+    assert run.select_one("best")[0] == 600 and run.select_one("best:msssim")[0] == 504
+    assert evaluation.update_best(run, primary="msssim")["primary"] == "msssim"
+    assert run.select_one("best")[0] == 504
     assert evaluation.plot_metrics(run_dir).exists()

@@ -12,19 +12,19 @@ from run_fixtures import command_parser, tiny_run  # noqa: F401  (fixture)
 
 from progan import generate as gen
 from progan.evaluation import cli
-from progan.training.state import CheckpointError, list_snapshots
+from progan.run import RunDir, RunError
 
 
 def checkpoint_values(run_dir, images_seen, prefix):
-    """The arrays saved under ``prefix/<i>`` (e.g. the ema list) of a snapshot, by index."""
+    """The arrays saved under ``prefix/<layer>/<weight>`` (e.g. ema) of a full snapshot."""
     path = run_dir / "checkpoints" / f"snapshot-{images_seen:012d}" / "ckpt"
     reader = tf.train.load_checkpoint(str(path))
     values = {}
     for name, _ in tf.train.list_variables(str(path)):
         parts = name.split("/")
-        if parts[0] == prefix and parts[-1] == "VARIABLE_VALUE" and len(parts) == 4:
-            values[int(parts[1])] = reader.get_tensor(name)
-    return [values[index] for index in sorted(values)]
+        if parts[0] == prefix and parts[-1] == "VARIABLE_VALUE" and len(parts) == 5:
+            values["/".join(parts[1:3])] = reader.get_tensor(name)
+    return [values[key] for key in sorted(values)]
 
 
 def test_load_generator_restores_the_ema_weights_and_the_stage_alpha(tiny_run):
@@ -46,9 +46,9 @@ def test_load_generator_restores_the_ema_weights_and_the_stage_alpha(tiny_run):
     assert not any(np.array_equal(a, b) for a, b in zip(ema, trained) if a.size > 1)
 
     latest = gen.load_generator(tiny_run)
-    assert latest.images_seen == list_snapshots(tiny_run / "checkpoints")[-1][0]
+    assert latest.images_seen == RunDir(tiny_run).snapshots()[-1].images_seen
     assert (latest.stage.resolution, latest.stage.fading, latest.stage.alpha) == (8, False, 1.0)
-    with pytest.raises(CheckpointError, match="no snapshot at 12 images"):
+    with pytest.raises(RunError, match="no snapshot at 12 images"):
         gen.load_snapshot(tiny_run, 12, loaded.config)
 
 

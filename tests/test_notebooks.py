@@ -34,7 +34,7 @@ def test_explore_run(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setenv("PROGAN_RUN", str(run_dir))
     text, images = outputs(execute("explore_run.ipynb"))
     assert "7 snapshots" in text and "kimg 0.304: 8x8 fading" in text
-    assert "best swd: snapshot-" in text
+    assert "best swd: network-" in text
     assert images >= 6  # samples, truncation, walk, growth, metrics, losses
 
 

@@ -13,8 +13,13 @@ import tensorflow as tf
 from conftest import REPO, TINY_CONFIG, run_progan
 
 from progan.config import Config
+from progan.run import RunDir, RunInfo
 from progan.training import trainer as training
-from progan.training.state import list_snapshots
+
+
+def list_snapshots(checkpoints):
+    """(images seen, path) of the full snapshots in a run's checkpoints folder, oldest first."""
+    return [(s.images_seen, s.path) for s in RunDir(checkpoints.parent).snapshots("full")]
 
 
 def tiny(**overrides) -> Config:
@@ -195,7 +200,7 @@ def test_a_skipped_step_leaves_the_weights_alone(tmp_path, tiny_dataset):
 
 def test_contradicting_config_is_named(tmp_path, tiny_dataset):
     run_dir = tmp_path / "run"
-    training.write_run(run_dir, tiny(), tiny_dataset)
+    RunDir(run_dir).write(RunInfo(tiny(), tiny_dataset, None))
     with pytest.raises(training.TrainingError, match=r"schedule.batch_size=8 but this command asks 16"):
         training.train(tiny(**{"schedule.batch_size": 16}), tiny_dataset, run_dir)
 
@@ -209,26 +214,27 @@ def finished_run(tmp_path_factory, tiny_dataset):
 
 
 def test_finetune_starts_from_the_snapshot_at_a_reduced_rate(tmp_path, finished_run):
-    with pytest.raises(training.TrainingError, match="no metric record yet"):
-        training.finetune(finished_run, tmp_path / "nope", checkpoint="best", kimg=0.1)
+    with pytest.raises(training.RunError, match="no metric record yet"):
+        training.finetune(finished_run, tmp_path / "nope", snapshot="best", kimg=0.1)
     snapshots = list_snapshots(finished_run / "checkpoints")
     start = snapshots[-2][0]
     out = tmp_path / "tuned"
-    result = training.finetune(finished_run, out, checkpoint=f"{start / 1000}", lr_scale=0.8, kimg=0.05,
+    result = training.finetune(finished_run, out, snapshot=f"{start / 1000}", lr_scale=0.8, kimg=0.05,
                                reset_optimizer=True)
-    run = training.read_run(out)
-    assert run["origin"]["images_seen"] == start and run["origin"]["lr_scale"] == 0.8
-    assert run["config"].schedule.g_lr == pytest.approx(0.8 * 0.001)
-    assert run["config"].schedule.total_kimg == pytest.approx(start / 1000 + 0.05)
+    run = RunDir(out).read()
+    assert run.origin["images_seen"] == start and run.origin["lr_scale"] == 0.8
+    assert run.origin["data_fingerprint"] == RunDir(finished_run).read().data_fingerprint
+    assert run.config.schedule.g_lr == pytest.approx(0.8 * 0.001)
+    assert run.config.schedule.total_kimg == pytest.approx(start / 1000 + 0.05)
     first = list_snapshots(out / "checkpoints")[0]
     assert first[0] == start  # the fine-tuning run begins with the source snapshot's state
     assert result["images_seen"] >= start + 50
     source = tf.train.load_checkpoint(str(snapshots[-2][1] / "ckpt"))
     tuned = tf.train.load_checkpoint(str(first[1] / "ckpt"))
-    key = [name for name, _ in tf.train.list_variables(str(first[1] / "ckpt")) if name.startswith("generator/0/")][0]
+    key = [name for name, _ in tf.train.list_variables(str(first[1] / "ckpt")) if name.startswith("generator/g_4_conv1/kernel")][0]
     np.testing.assert_array_equal(tuned.get_tensor(key), source.get_tensor(key))
-    with pytest.raises(training.TrainingError, match="no snapshot at that kimg"):
-        training.finetune(finished_run, tmp_path / "t2", checkpoint="12345", kimg=1)
+    with pytest.raises(training.RunError, match="no full snapshot at that kimg"):
+        training.finetune(finished_run, tmp_path / "t2", snapshot="12345", kimg=1)
 
 
 @pytest.mark.parametrize("precision, xla", [("bf16", False), ("fp16", False), ("off", True)])

@@ -87,8 +87,13 @@ def run_evaluate(args, parser):
                                args.split, args.seed, extractor)
     except EvaluationError as error:
         _fail(parser, args, error)
-    print(f"{len(records)} results appended to {args.run_dir / 'metrics.jsonl'}; plot "
-          f"{args.run_dir / 'metrics.png'}; best snapshots {args.run_dir / 'checkpoints/best.json'}")
+    from progan.evaluation.run import PLOT_FILE
+    from progan.run import RunDir
+
+    run = RunDir(args.run_dir)
+    best = run.read_best()
+    print(f"{len(records)} results appended to {run.metrics_file}; plot {run.path / PLOT_FILE}; "
+          f"best snapshots {run.best_file} (primary metric: {best['primary']})")
 
 
 # -- generate ------------------------------------------------------------------------------
@@ -114,7 +119,7 @@ def run_generate(args, parser):
 
     if args.num < 1:
         _fail(parser, args, f"--num {args.num}: expected a positive number of images")
-    loaded = load_generator(args.run_dir, args.snapshot)
+    loaded = load_generator(args.run_dir, args.snapshot, log=print)
     images = generate(loaded.model, args.num, args.seed, args.truncation)
     out = args.out
     if out.suffix.lower() == ".png":
@@ -171,7 +176,7 @@ def run_interpolate(args, parser):
         _fail(parser, args, f"--steps {args.steps} --fps {args.fps}: expected positive numbers")
     if args.out.suffix.lower() not in (".gif", ".mp4"):
         _fail(parser, args, f"--out {args.out}: expected a .gif or .mp4 file name")
-    loaded = load_generator(args.run_dir, args.snapshot)
+    loaded = load_generator(args.run_dir, args.snapshot, log=print)
     frames = interpolate(loaded.model, args.seeds, args.steps, args.truncation)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -197,7 +202,7 @@ def add_export(subparsers):
 def run_export(args, parser):
     from progan.generate import export
 
-    description = export(args.run_dir, args.out, args.snapshot)
+    description = export(args.run_dir, args.out, args.snapshot, log=print)
     print(f"kimg {description['kimg']:g} ({description['resolution']}x{description['resolution']}"
           f"{', fading' if description['fading'] else ''}) -> SavedModel {description['saved_model']} "
           f"(serving_default: latents float32 [N, {description['latent_size']}] -> images uint8), "

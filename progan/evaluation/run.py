@@ -18,7 +18,8 @@ Real images come from the ``test`` split (as in the thesis); when it has fewer t
 ``num_images`` the ``train`` split is used instead, with a one-line warning.
 
 Every result is one JSON line of ``RUN/metrics.jsonl``. ``RUN/checkpoints/best.json`` then
-names, per metric, the best snapshot among those still on disk whose latest record is
+names the run's primary metric (the first of the latest ``--metrics``; what ``--snapshot
+best`` means) and, per metric, the best snapshot among those still on disk whose latest record is
 comparable with the newest one (same number of images, split and feature extractor) *and* at
 the highest resolution evaluated: values at different resolutions measure different things
 (a 4x4 SWD is not better than a 32x32 one because it is smaller).
@@ -29,7 +30,6 @@ the highest resolution evaluated: values at different resolutions measure differ
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -37,10 +37,11 @@ from typing import Callable
 
 import numpy as np
 
+from progan.run import RunDir
+
 METRICS = ("swd", "msssim", "fid", "kid")
 FEATURE_METRICS = ("fid", "kid")
 DEFAULT_NUM_IMAGES = 10000  # progan evaluate without --num-images (capped at the real images there are)
-METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
 MSSSIM_MIN_RESOLUTION = 16
 
@@ -80,24 +81,6 @@ def make_feature_extractor(kind: str = "inception", inception_weights: str | Pat
                           "(or --feature-extractor random for a smoke test)")
 
 
-def parse_snapshots(run_dir: Path, spec: str) -> list[int]:
-    """Images seen of the snapshots named by ``latest``, ``all``, ``best[:metric]`` or
-    comma-separated kimg numbers."""
-    from progan.training.state import list_snapshots
-    from progan.training.trainer import select_snapshot
-
-    if spec == "all":
-        snapshots = [seen for seen, _ in list_snapshots(Path(run_dir) / "checkpoints")]
-        if not snapshots:
-            raise EvaluationError(f"--snapshots all: {run_dir} has no snapshots")
-        return snapshots
-    parts = [part.strip() for part in spec.split(",") if part.strip()]
-    if not parts:
-        raise EvaluationError(f"--snapshots {spec!r}: expected latest, all, best[:METRIC] or "
-                              f"KIMG[,KIMG...]")
-    return list(dict.fromkeys(select_snapshot(run_dir, part) for part in parts))
-
-
 class SnapshotEvaluator:
     """Evaluates snapshots of one run, keeping the generator, the feature extractor and the
     real images between calls (the trainer keeps one for its periodic evaluation).
@@ -117,12 +100,12 @@ class SnapshotEvaluator:
                  split: str = "test", seed: int = 0, feature_extractor=None,
                  log: Callable[[str], None] = print):
         from progan.networks import ProGAN
-        from progan.training.trainer import read_run
 
-        self.run_dir = Path(run_dir)
-        run = read_run(self.run_dir)
-        self.config = run["config"]
-        self.data = Path(run["data"])
+        self.run = RunDir(run_dir)
+        self.run_dir = self.run.path
+        info = self.run.read()
+        self.config = info.config
+        self.data = info.data
         self.metrics = parse_metrics(metrics)
         # None: DEFAULT_NUM_IMAGES, or all the real images there are if the data set is smaller
         self._num_images_is_default = num_images is None
@@ -240,9 +223,8 @@ class SnapshotEvaluator:
         metrics.png. Returns ``{metric: record}``; a metric that does not apply at the
         snapshot's resolution (MS-SSIM below 16x16) is skipped with a log line."""
         from progan.generate import generate, load_snapshot
-        from progan.training.state import snapshot_name
 
-        loaded = load_snapshot(self.run_dir, images_seen, self.config, self.networks)
+        loaded = load_snapshot(self.run, images_seen, self.config, self.networks)
         stage = loaded.stage
         started = time.time()
         fakes = generate(loaded.model, self.num_images, self.seed)
@@ -258,7 +240,7 @@ class SnapshotEvaluator:
                 continue
             records[metric] = {
                 "kimg": images_seen / 1000, "images_seen": images_seen,
-                "snapshot": snapshot_name(images_seen), "resolution": stage.resolution,
+                "snapshot": self.run.snapshot_at(images_seen).name, "resolution": stage.resolution,
                 "fading": stage.fading, "alpha": stage.alpha, "metric": metric, **result,
                 "value": float(result["value"]), "num_images": self.num_images,
                 "split": self.real_split(), "seed": self.seed,
@@ -266,8 +248,8 @@ class SnapshotEvaluator:
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             self.log(f"{prefix} {metric:<7s} {result['value']:.4f}  "
                      f"({records[metric]['seconds']:.1f} s)")
-        append_records(self.run_dir, list(records.values()))
-        update_best(self.run_dir)
+        self.run.append_metrics(list(records.values()))
+        update_best(self.run, primary=self.metrics[0])
         plot_metrics(self.run_dir)
         self.log(f"{prefix} evaluated in {time.time() - started:.1f} s")
         return records
@@ -287,7 +269,7 @@ def evaluate_run(run_dir: Path, metrics=("swd",), num_images: int = 2048,
                  feature_extractor=None, log: Callable[[str], None] = print) -> list[dict]:
     """Evaluate the snapshots named by ``snapshots`` (``latest``, ``all``, ``best[:metric]``,
     ``KIMG[,KIMG...]``), oldest first. Returns every record written."""
-    chosen = sorted(parse_snapshots(run_dir, snapshots))
+    chosen = RunDir(run_dir).select(snapshots, flag="--snapshots")
     evaluator = SnapshotEvaluator(run_dir, metrics, num_images, split, seed, feature_extractor, log)
     records = []
     for number, images_seen in enumerate(chosen, 1):
@@ -297,27 +279,6 @@ def evaluate_run(run_dir: Path, metrics=("swd",), num_images: int = 2048,
 
 
 # -- the files ------------------------------------------------------------------------------------
-
-
-def append_records(run_dir: Path, records: list[dict]) -> None:
-    with open(Path(run_dir) / METRICS_FILE, "a") as out:
-        for record in records:
-            out.write(json.dumps(record, sort_keys=True) + "\n")
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """Every record of ``RUN/metrics.jsonl``, in the order written."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise EvaluationError(f"{path}:{number}: not a JSON line") from None
-    return records
 
 
 def _comparable(record: dict) -> tuple:
@@ -331,15 +292,14 @@ def badness(record: dict) -> float:
     return record["value"]
 
 
-def update_best(run_dir: Path) -> dict:
+def update_best(run: RunDir, primary: str | None = None) -> dict:
     """Rewrite ``RUN/checkpoints/best.json`` (atomically) from metrics.jsonl; see the module
-    docstring for the choice. Entries of metrics with no record here are kept."""
-    from progan.training.state import BEST_FILE, list_snapshots, read_best, write_json_atomic
-
-    checkpoints = Path(run_dir) / "checkpoints"
-    on_disk = {seen for seen, _ in list_snapshots(checkpoints)}
-    records = read_metrics(run_dir)
-    best = read_best(checkpoints)
+    docstring for the choice. Entries of metrics with no record here are kept; ``primary``
+    (default: kept as it was) becomes the run's primary metric."""
+    on_disk = {snapshot.images_seen for snapshot in run.snapshots()}
+    records = run.read_metrics()
+    previous = run.read_best()
+    best = previous["metrics"]
     for metric in dict.fromkeys(record["metric"] for record in records):
         of_metric = [r for r in records if r["metric"] == metric]
         latest = {}
@@ -355,9 +315,9 @@ def update_best(run_dir: Path) -> dict:
                         "resolution": chosen["resolution"], "num_images": chosen["num_images"]}
         if metric == "msssim":
             best[metric]["real_value"] = chosen["real_value"]
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(checkpoints / BEST_FILE, best)
-    return best
+    primary = primary or previous["primary"] or next(iter(best), None)
+    run.write_best(primary, best)
+    return {"primary": primary, "metrics": best}
 
 
 def plot_metrics(run_dir: Path) -> Path | None:
@@ -365,9 +325,9 @@ def plot_metrics(run_dir: Path) -> Path | None:
     per number of images / split / extractor), stage boundaries dotted, the reals' MS-SSIM
     dashed. Returns the path, or None when there are no records."""
     from progan.training.schedule import Schedule
-    from progan.training.trainer import read_run
 
-    records = read_metrics(run_dir)
+    run = RunDir(run_dir)
+    records = run.read_metrics()
     if not records:
         return None
     import matplotlib
@@ -375,7 +335,7 @@ def plot_metrics(run_dir: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    config = read_run(run_dir)["config"]
+    config = run.read().config
     boundaries = [b / 1000 for b in Schedule(config.schedule, config.model.max_resolution).boundaries()]
     metrics = list(dict.fromkeys(record["metric"] for record in records))
     figure, axes = plt.subplots(len(metrics), 1, figsize=(9, 2.8 * len(metrics) + 0.6),

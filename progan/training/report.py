@@ -7,7 +7,6 @@ terminal.
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import time
@@ -62,19 +61,19 @@ class Reporter:
     """Tick lines, stats.jsonl, TensorBoard scalars and images, and the PNG files of a run.
 
     Args:
-        run_dir: the run directory.
+        run: the `progan.run.RunDir` (nothing is written until the first report).
         chief: only the chief writes anything.
         total_kimg: for the progress bar.
     """
 
-    def __init__(self, run_dir: Path, chief: bool = True, total_kimg: float | None = None,
+    def __init__(self, run, chief: bool = True, total_kimg: float | None = None,
                  start_kimg: float = 0.0):
-        self.run_dir = Path(run_dir)
+        self.run = run
+        self.run_dir = run.path
         self.chief = chief
         self._summary = None
         self._bar = None
         if chief:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             if sys.stdout.isatty() and total_kimg:
                 from tqdm import tqdm
 
@@ -89,8 +88,14 @@ class Reporter:
             self._bar.write(line)
         else:
             print(line, flush=True)
-        with open(self.run_dir / "log.txt", "a") as log:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run.log_file, "a") as log:
             log.write(line + "\n")
+
+    def warn(self, message: str) -> None:
+        """A log line that also goes to stderr (damage found, data changed, ...)."""
+        self.log(message)
+        print(message, file=sys.stderr, flush=True)
 
     def progress(self, kimg: float) -> None:
         if self._bar is not None:
@@ -101,8 +106,7 @@ class Reporter:
         if not self.chief:
             return
         self.log(format_tick(stats))
-        with open(self.run_dir / "stats.jsonl", "a") as out:
-            out.write(json.dumps(stats, sort_keys=True) + "\n")
+        self.run.append_stats(stats)
         writer = self._writer()
         import tensorflow as tf
 
@@ -144,16 +148,10 @@ def format_tick(stats: dict) -> str:
             f"mem {stats['memory_gib']:.2f}GiB skipped {stats['skipped_steps']}")
 
 
-def read_stats(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "stats.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def plot_curves(run_dir: Path, boundaries_kimg: list[float]) -> Path | None:
+def plot_curves(run, boundaries_kimg: list[float]) -> Path | None:
     """RUN/curves.png: losses and images/s against kimg, stage boundaries marked."""
-    stats = read_stats(run_dir)
+    stats = run.read_stats()
+    run_dir = run.path
     if not stats:
         return None
     import matplotlib

@@ -1,128 +1,103 @@
-"""Everything a resume needs, in one `tf.train.Checkpoint`, written atomically.
+"""The variables of a run as named `tf.train.Checkpoint`s, and reading them back verified.
 
-A snapshot lives in ``RUN/checkpoints/snapshot-<images seen, 12 digits>/`` and holds the
-generator, the discriminator, the EMA generator, both optimisers' slots and step counts,
-images seen, the fp16 loss scale and the non-finite counters. Random numbers (latents,
-gradient-penalty mixing, data order, mirror flips) are pure functions of the seed and images
-seen, so no RNG state needs saving. A snapshot is written into a hidden temporary directory
-and renamed into place, so a killed process never leaves a half-written snapshot where
-resume would look. ``best.json`` names snapshots chosen by a metric; they are kept whatever
-``keep`` says.
+A *full* snapshot holds everything a resume needs, keyed by stable names::
+
+    generator/<layer>/<weight>             e.g. generator/g_8_conv1/kernel
+    discriminator/<layer>/<weight>         e.g. discriminator/from_rgb_8/bias
+    ema/<layer>/<weight>                   the moving-average generator
+    g_optimizer/iterations, g_optimizer/m/<layer>/<weight>, g_optimizer/v/<layer>/<weight>
+    d_optimizer/...                        the same for the discriminator's Adam
+    counters/<name>                        images seen, optimiser stage, loss scale, ...
+
+A *network* snapshot holds only ``ema/...``. Random numbers (latents, mixing factors, data
+order, flips) are pure functions of the seed and images seen, so no RNG state is saved.
+Snapshots of progan 0.1.0 (format 1) keyed the same variables by list position; they are
+read through `legacy_checkpoint`, which lists the variables in that version's order.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import warnings
-from pathlib import Path
-
 import tensorflow as tf
 
-PREFIX = "snapshot-"
-BEST_FILE = "best.json"
+from progan.run import RunError, Snapshot
 
 
-class CheckpointError(RuntimeError):
-    """No usable snapshot."""
+def optimizer_slots(optimizer, named_weights: dict) -> dict:
+    """An Adam optimiser's state keyed like the weights it updates: ``iterations``, and
+    ``m``/``v`` (first and second moments) as ``{layer: {weight: slot}}``.
 
-
-def snapshot_name(images_seen: int) -> str:
-    return f"{PREFIX}{int(images_seen):012d}"
-
-
-def list_snapshots(directory: Path) -> list[tuple[int, Path]]:
-    """(images seen, path) of every complete snapshot, oldest first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = []
-    for path in directory.iterdir():
-        if path.is_dir() and path.name.startswith(PREFIX) and (path / "ckpt.index").exists():
-            try:
-                found.append((int(path.name[len(PREFIX):]), path))
-            except ValueError:
-                continue
-    return sorted(found)
-
-
-def read_best(directory: Path) -> dict:
-    path = Path(directory) / BEST_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def write_json_atomic(path: Path, data) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(temporary, path)
-
-
-class CheckpointStore:
-    """Writes, prunes and restores the snapshots of one run.
-
-    Args:
-        directory: ``RUN/checkpoints``.
-        checkpoint: the `tf.train.Checkpoint` holding every variable.
-        keep: how many of the newest snapshots to keep (best ones are kept too).
-        writer: whether this process writes (only the chief does).
+    Keras 3's Adam keeps the moments in lists indexed like the variables it was built with;
+    ``_get_variable_index`` is how Keras itself finds a variable's slot.
     """
+    moments: dict = {"m": {}, "v": {}}
+    for layer, weights in named_weights.items():
+        for name, variable in weights.items():
+            if not variable.trainable:
+                continue
+            index = optimizer._get_variable_index(variable)
+            moments["m"].setdefault(layer, {})[name] = optimizer._momentums[index]
+            moments["v"].setdefault(layer, {})[name] = optimizer._velocities[index]
+    return {"iterations": optimizer.iterations, **moments}
 
-    def __init__(self, directory: Path, checkpoint: tf.train.Checkpoint, keep: int = 5,
-                 writer: bool = True):
-        self.directory = Path(directory)
-        self.checkpoint = checkpoint
-        self.keep = keep
-        self.writer = writer
 
-    def save(self, images_seen: int) -> Path:
-        """Write a snapshot atomically (write to a temporary directory, then rename)."""
-        final = self.directory / snapshot_name(images_seen)
-        if not self.writer:
-            return final
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.directory / f".tmp-{snapshot_name(images_seen)}-{os.getpid()}"
-        shutil.rmtree(temporary, ignore_errors=True)
-        self.checkpoint.write(str(temporary / "ckpt"))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        self._prune()
-        return final
+def full_checkpoint(networks, ema, g_optimizer, d_optimizer, counters: dict) -> tf.train.Checkpoint:
+    """The full training state (see the module docstring for its keys)."""
+    generator = networks.named_weights("generator")
+    discriminator = networks.named_weights("discriminator")
+    return tf.train.Checkpoint(
+        generator=generator, discriminator=discriminator, ema=ema.named_weights("generator"),
+        g_optimizer=optimizer_slots(g_optimizer, generator),
+        d_optimizer=optimizer_slots(d_optimizer, discriminator), counters=dict(counters))
 
-    def _prune(self) -> None:
-        best = {Path(entry["snapshot"]).name for entry in read_best(self.directory).values()}
-        snapshots = list_snapshots(self.directory)
-        for _, path in snapshots[:-self.keep]:
-            if path.name not in best:
-                shutil.rmtree(path, ignore_errors=True)
 
-    def latest(self) -> int | None:
-        snapshots = list_snapshots(self.directory)
-        return snapshots[-1][0] if snapshots else None
+def network_checkpoint(ema) -> tf.train.Checkpoint:
+    """The EMA generator alone (what evaluation, generation and export read)."""
+    return tf.train.Checkpoint(ema=ema.named_weights("generator"))
 
-    def restore(self, images_seen: int | None = None) -> int:
-        """Restore a snapshot (default: the newest that loads) and return its images seen.
 
-        A newest snapshot that fails to load is reported and the previous one is tried.
-        """
-        snapshots = list_snapshots(self.directory)
-        if images_seen is not None:
-            snapshots = [entry for entry in snapshots if entry[0] == images_seen]
-            if not snapshots:
-                raise CheckpointError(f"{self.directory}: no snapshot at {images_seen} images "
-                                      f"({images_seen / 1000:g} kimg)")
-        if not snapshots:
-            raise CheckpointError(f"{self.directory}: no snapshot to resume from")
-        for index, (seen, path) in enumerate(reversed(snapshots)):
-            try:
-                self.checkpoint.read(str(path / "ckpt")).assert_existing_objects_matched()
-                return seen
-            except (tf.errors.OpError, ValueError, AssertionError) as error:
-                if index + 1 == len(snapshots):
-                    raise CheckpointError(f"{path}: cannot be read ({type(error).__name__}); "
-                                          "no older snapshot left") from error
-                warnings.warn(f"{path}: cannot be read ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0][:200]}); falling back to the previous "
-                              "snapshot", stacklevel=2)
-        raise CheckpointError(f"{self.directory}: no snapshot could be read")
+def legacy_checkpoint(networks, ema, g_optimizer, d_optimizer, counters: dict,
+                      full: bool = True) -> tf.train.Checkpoint:
+    """Format 1 (progan 0.1.0): the same variables keyed by their position in that version's
+    lists (``generator/0``, ...); counters at the top level. ``full=False``: the EMA only."""
+    ema_list = list(ema.generator_variables())
+    if not full:
+        return tf.train.Checkpoint(ema=ema_list)
+    return tf.train.Checkpoint(
+        generator=list(networks.generator_variables()),
+        discriminator=list(networks.discriminator_variables()), ema=ema_list,
+        g_optimizer=list(g_optimizer.variables), d_optimizer=list(d_optimizer.variables),
+        **{name: counters[name] for name in ("images_seen", "optimizer_stage", "loss_scale",
+                                             "finite_streak", "nonfinite_streak", "skipped_steps")})
+
+
+def read_snapshot(snapshot: Snapshot, checkpoints: dict, partial: bool = False) -> dict:
+    """Verify a snapshot and read it into the variables of ``checkpoints[format_version]``.
+
+    Every variable of that checkpoint must receive a value (and, unless ``partial``, every
+    value in the snapshot must find its variable); file sizes are checked against
+    ``snapshot.json`` first, and TensorFlow checks each tensor's CRC as it reads. Any
+    failure is one `RunError` naming the snapshot. Returns ``snapshot.json``.
+    """
+    info = snapshot.verify()
+    checkpoint = checkpoints.get(info["format_version"])
+    if checkpoint is None:
+        raise RunError(f"{snapshot.path}: format {info['format_version']} cannot be read here")
+    try:
+        status = checkpoint.read(str(snapshot.prefix))
+        status.assert_existing_objects_matched()
+        if partial:
+            status.expect_partial()
+        else:
+            status.assert_consumed()
+    except Exception as error:  # noqa: BLE001 - any damage means: not this snapshot
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        raise RunError(f"{snapshot.path}: cannot be read ({type(error).__name__}: {first})") from None
+    return info
+
+
+def read_ema(snapshot: Snapshot, ema) -> dict:
+    """Read only the EMA generator of a full or network snapshot into ``ema`` (a
+    ``ProGAN(..., with_discriminator=False)``)."""
+    return read_snapshot(snapshot, {2: network_checkpoint(ema),
+                                    1: tf.train.Checkpoint(ema=list(ema.generator_variables()))},
+                         partial=True)

@@ -1,7 +1,8 @@
 """The progressive training loop: WGAN-GP under a `tf.distribute` strategy, exact resume.
 
-    trainer = Trainer(config, data_dir, run_dir)      # builds networks, optimisers, checkpoint
-    trainer.train()                                   # runs to config.schedule.total_kimg
+    train(config, data, "runs/x")           # a new run (or the same command again: continue)
+    resume("runs/x")                        # continue from the newest readable snapshot
+    finetune("runs/x", "runs/y", snapshot="best", lr_scale=0.8, kimg=100)
 
 Each iteration is one discriminator step, the generator EMA update, then one generator
 step, on a *global* batch that the replicas split. Latents and gradient-penalty mixing
@@ -9,12 +10,15 @@ factors are drawn with stateless RNG keyed by (seed, images seen), and the data 
 pure function of (seed, images seen) too, so a resumed run repeats exactly what an
 uninterrupted one does. One `tf.function` is traced per stage (resolution, fading); alpha is
 computed inside it from the images-seen variable, so a fade never retraces.
+
+The run directory belongs to `progan.run.RunDir`; the process that trains a run holds its
+lock for its whole life, and everything a command needs is validated before the directory
+is created or touched.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import signal
 import time
@@ -24,18 +28,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from progan import __version__
 from progan.config import Config
 from progan.layers import downscale2d, upscale2d
 from progan.losses import discriminator_loss, generator_loss
 from progan.networks import ProGAN
-from progan.training import distribute
+from progan.run import RunDir, RunError, RunInfo, data_fingerprint
+from progan.training import distribute, state
 from progan.training.report import Reporter, image_grid, plot_curves, save_png, to_uint8
 from progan.training.schedule import Schedule, Stage
-from progan.training.state import CheckpointStore, list_snapshots, read_best
 
-RUN_FILE = "config.json"
 LOSS_SCALE_PERIOD = 2000
+# A stop request (SIGTERM/SIGINT) is seen between compiled calls; calls are shortened to
+# about this many seconds so a preempted job snapshots and exits quickly.
+CALL_SECONDS = 2.0
 
 
 def fakes_name(images_seen: int) -> str:
@@ -43,25 +48,8 @@ def fakes_name(images_seen: int) -> str:
     return f"fakes{images_seen / 1000:09.3f}.png"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError):
     """A run cannot start or continue; the message says why and what to do."""
-
-
-def read_run(run_dir: Path) -> dict:
-    """The run description in ``RUN/config.json``: config, data, origin."""
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise TrainingError(f"{run_dir}: not a run directory (no {RUN_FILE})")
-    run = json.loads(path.read_text())
-    run["config"] = Config.from_dict(run["config"], str(path))
-    return run
-
-
-def write_run(run_dir: Path, config: Config, data: Path, origin: dict | None = None) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    description = {"config": config.to_dict(), "data": str(Path(data).resolve()),
-                   "origin": origin, "progan_version": __version__}
-    (run_dir / RUN_FILE).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
 
 
 def _set_precision(mode: str) -> None:
@@ -72,17 +60,20 @@ def _set_precision(mode: str) -> None:
 class Trainer:
     """Networks, optimisers, EMA, state and the compiled steps of one run.
 
+    Constructing a trainer writes nothing; `train` writes into the run directory.
+
     Args:
         config: every setting (`progan.config.Config`).
         data: the prepared dataset directory.
-        run_dir: where snapshots, logs and images go.
+        run_dir: where snapshots, logs and images go (a path or a `RunDir`).
         strategy: a `tf.distribute.Strategy` (default: ``config.training.strategy``).
     """
 
-    def __init__(self, config: Config, data: Path, run_dir: Path, strategy=None):
+    def __init__(self, config: Config, data: Path, run_dir, strategy=None):
         self.config = config
         self.data = Path(data)
-        self.run_dir = Path(run_dir)
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.run_dir = self.run.path
         training = config.training
         if training.deterministic:
             tf.config.experimental.enable_op_determinism()
@@ -90,9 +81,7 @@ class Trainer:
         self.strategy = strategy or distribute.make_strategy(training.strategy)
         self.chief = distribute.is_chief(self.strategy)
         self.schedule = Schedule(config.schedule, config.model.max_resolution)
-        for stage in self.schedule.stages():
-            distribute.check_global_batch(self.strategy, stage.batch_size,
-                                          config.model.mbstd_group_size)
+        check_batches(config, self.strategy)
         with self.strategy.scope():
             keras.utils.set_random_seed(training.seed)
             self.networks = ProGAN(config.model)
@@ -117,16 +106,15 @@ class Trainer:
             self.nonfinite_streak = tf.Variable(0, dtype=tf.int64, trainable=False)
             self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
             self.stat_sums = tf.Variable(tf.zeros([5], tf.float64), trainable=False)
-        self.checkpoint = tf.train.Checkpoint(
-            generator=list(self.generator_variables), discriminator=list(self.discriminator_variables),
-            ema=list(self.ema_variables),
-            g_optimizer=list(self.g_optimizer.variables), d_optimizer=list(self.d_optimizer.variables),
-            images_seen=self.images_seen, optimizer_stage=self.optimizer_stage,
-            loss_scale=self.loss_scale, finite_streak=self.finite_streak,
-            nonfinite_streak=self.nonfinite_streak, skipped_steps=self.skipped_steps)
-        self.store = CheckpointStore(self.run_dir / "checkpoints", self.checkpoint,
-                                     keep=training.keep_checkpoints, writer=self.chief)
-        self.reporter = Reporter(self.run_dir, chief=self.chief, total_kimg=self.schedule.total_kimg)
+        counters = {"images_seen": self.images_seen, "optimizer_stage": self.optimizer_stage,
+                    "loss_scale": self.loss_scale, "finite_streak": self.finite_streak,
+                    "nonfinite_streak": self.nonfinite_streak, "skipped_steps": self.skipped_steps}
+        parts = (self.networks, self.ema, self.g_optimizer, self.d_optimizer, counters)
+        self.checkpoint = state.full_checkpoint(*parts)
+        self.readable_formats = {2: self.checkpoint, 1: state.legacy_checkpoint(*parts)}
+        self.network_checkpoint = state.network_checkpoint(self.ema)
+        self.reporter = Reporter(self.run, chief=self.chief, total_kimg=self.schedule.total_kimg)
+        self.next_tick = 0
         self._steps: dict = {}
         self._stop_requested = False
         self._last_metrics = None
@@ -306,21 +294,22 @@ class Trainer:
                                for i in range(0, len(latents), 64)])
 
     def snapshot(self) -> None:
-        """Checkpoint plus the fixed-latent grid of the EMA generator and the curves."""
+        """Full and network snapshots, the fixed-latent grid of the EMA generator, the curves."""
         images_seen = int(self.images_seen.numpy())
         if not self._weights_finite():
             self.reporter.log(f"not writing a snapshot at kimg {images_seen / 1000:.1f}: "
                               "the weights are not finite")
             return
-        path = self.store.save(images_seen)
         if not self.chief:
             return
-        kimg = images_seen / 1000
+        written = self.run.write_snapshot(images_seen, "full", self.checkpoint)
+        self.run.write_snapshot(images_seen, "network", self.network_checkpoint)
+        self.run.prune(self.config.training.keep_checkpoints)
         grid = image_grid(self.ema_images(self._grid_latents), self.config.training.grid_size)
         save_png(self.run_dir / fakes_name(images_seen), grid)
         self.reporter.images("fakes", grid, images_seen)
-        plot_curves(self.run_dir, [b / 1000 for b in self.schedule.boundaries()])
-        self.reporter.log(f"snapshot {path.name} at kimg {kimg:.1f}")
+        plot_curves(self.run, [b / 1000 for b in self.schedule.boundaries()])
+        self.reporter.log(f"snapshot {written.name} at kimg {images_seen / 1000:.1f}")
         self._evaluate_if_due(images_seen)
 
     def _evaluate_if_due(self, images_seen: int) -> None:
@@ -362,10 +351,41 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------
 
-    def restore(self, images_seen: int | None = None) -> int:
-        seen = self.store.restore(images_seen)
-        self.reporter.log(f"resumed from snapshot at kimg {seen / 1000:.1f}")
-        return seen
+    def restore(self, images_seen: int | None = None, run: RunDir | None = None) -> int:
+        """Load a full snapshot of ``run`` (default: this run) and return its images seen.
+
+        Without ``images_seen``: the newest snapshot that reads completely; each one that does
+        not is named in the log and on stderr, set aside as ``damaged-<name>`` and the previous
+        one is tried. With ``images_seen`` (fine-tuning): exactly that snapshot, or an error.
+        """
+        run = run or self.run
+        for path in run.remove_stale_temporaries():
+            self.reporter.warn(f"removed {path}, a snapshot left unfinished by a killed process")
+        snapshots = run.snapshots("full")
+        if images_seen is not None:
+            chosen = [s for s in snapshots if s.images_seen == images_seen]
+            if not chosen:
+                raise TrainingError(f"{run.path}: no full snapshot at kimg {images_seen / 1000:g}")
+            state.read_snapshot(chosen[0], self.readable_formats)
+            return images_seen
+        for snapshot in reversed(snapshots):
+            try:
+                state.read_snapshot(snapshot, self.readable_formats)
+            except RunError as error:
+                moved = run.set_aside(snapshot) if self.chief else snapshot.path
+                self.reporter.warn(f"warning: {error}; set aside as {moved.name}, "
+                                   "falling back to the previous snapshot")
+                continue
+            seen = int(self.images_seen.numpy())
+            if seen != snapshot.images_seen:
+                raise TrainingError(f"{snapshot.path}: holds images_seen {seen}, not "
+                                    f"{snapshot.images_seen} as its name says")
+            if self.chief:
+                self.next_tick = run.rewind_stats(seen)
+            self.reporter.log(f"resumed from {snapshot.name} at kimg {seen / 1000:.1f}")
+            return seen
+        raise TrainingError(f"{run.path}: no readable snapshot to resume from"
+                            + (" (the damaged ones were set aside)" if snapshots else ""))
 
     def _install_signal_handlers(self):
         def request_stop(signum, frame):
@@ -382,6 +402,8 @@ class Trainer:
     def train(self) -> dict:
         """Run (or continue) to the end of the schedule. Returns the final stats."""
         training = self.config.training
+        if self.chief:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self._save_reals()
         previous_handlers = self._install_signal_handlers()
         try:
@@ -395,31 +417,38 @@ class Trainer:
         images_seen = int(self.images_seen.numpy())
         tick_images = max(int(training.tick_kimg * 1000), 1)
         snapshot_images = max(int(training.snapshot_kimg * 1000), 1)
-        last_snapshot = images_seen if self.store.latest() is not None else None
+        last_snapshot = images_seen if self.run.snapshots("full") else None
         if last_snapshot is None:
             self._enter_stage(self.schedule.stage_at(images_seen))
             self.snapshot()
             last_snapshot = images_seen
-        tick, tick_start_images, tick_start_time = 0, images_seen, time.time()
+        tick, tick_start_images, tick_start_time = self.next_tick, images_seen, time.time()
         stats = {}
         rollbacks: dict[int, int] = {}
         self.reporter.log(f"training {self.run_dir} from kimg {images_seen / 1000:.1f} to "
                           f"{self.schedule.total_kimg:.1f} on {self.strategy.num_replicas_in_sync} "
                           f"replica(s), {type(self.strategy).__name__}")
         stage = None
+        steps_per_call = training.steps_per_call
         while not self.schedule.is_finished(images_seen) and not self._stop_requested:
             stage = self.schedule.stage_at(images_seen)
             self._enter_stage(stage)
             run_steps = self._step_function(stage)
             iterator = self._iterator(stage, images_seen)
             stage_end = min(stage.end_images, self.schedule.total_images)
+            first_call = True
             while images_seen < stage_end and not self._stop_requested:
                 next_tick = tick_start_images + tick_images
                 next_snapshot = last_snapshot + snapshot_images
                 horizon = min(stage_end, next_tick, next_snapshot)
-                steps = max(1, min(training.steps_per_call,
-                                   math.ceil((horizon - images_seen) / stage.batch_size)))
+                steps = max(1, min(steps_per_call, math.ceil((horizon - images_seen) / stage.batch_size)))
+                call_start = time.time()
                 run_steps(iterator, tf.constant(steps, tf.int64))
+                seconds = time.time() - call_start
+                if not first_call and seconds > CALL_SECONDS and steps_per_call > 1:
+                    # The same iterations in shorter calls: only how often a stop is seen changes.
+                    steps_per_call = max(1, int(steps * CALL_SECONDS / seconds))
+                first_call = False
                 images_seen += steps * stage.batch_size
                 self.reporter.progress(images_seen / 1000)
                 if images_seen >= next_tick or images_seen >= stage_end:
@@ -427,31 +456,30 @@ class Trainer:
                     tick, tick_start_images, tick_start_time = tick + 1, images_seen, time.time()
                     if int(self.nonfinite_streak.numpy()) >= training.max_nonfinite_steps:
                         images_seen = self._roll_back(rollbacks)
-                        last_snapshot = images_seen
+                        tick = self.next_tick
+                        last_snapshot = tick_start_images = images_seen
                         break
                 if images_seen >= next_snapshot or images_seen >= stage_end:
                     self.snapshot()
                     last_snapshot = images_seen
+        if last_snapshot != images_seen:
+            self.snapshot()
         if self._stop_requested:
-            if last_snapshot != images_seen:
-                self.snapshot()
             self.reporter.log(f"stopped at kimg {images_seen / 1000:.1f} on request; "
                               f"continue with: progan resume {self.run_dir}")
         else:
-            if last_snapshot != images_seen:
-                self.snapshot()
             self.reporter.log(f"done: kimg {images_seen / 1000:.1f}")
         return {**stats, "stopped": self._stop_requested, "images_seen": images_seen}
 
     def _roll_back(self, rollbacks: dict) -> int:
-        latest = self.store.latest()
+        latest = self.run.snapshots("full")[-1].images_seen
         rollbacks[latest] = rollbacks.get(latest, 0) + 1
         if rollbacks[latest] > 1:
             raise TrainingError(
                 f"{self.config.training.max_nonfinite_steps} non-finite steps in a row again after "
                 f"rolling back to kimg {latest / 1000:.1f}; lower the learning rate "
                 f"(progan finetune {self.run_dir} --lr-scale 0.5 ...)")
-        seen = self.store.restore(latest)
+        seen = self.restore()
         self.nonfinite_streak.assign(0)
         self.reporter.log(f"{self.config.training.max_nonfinite_steps} non-finite steps in a row: "
                           f"rolled back to the snapshot at kimg {seen / 1000:.1f}")
@@ -489,105 +517,22 @@ class Trainer:
         self._stop_requested = True
 
 
-# -- run-level entry points (what the CLI calls) ----------------------------------------------
+# -- checks made before a run directory is touched --------------------------------------------
 
 
-def train(config: Config, data: Path, run_dir: Path, strategy=None) -> dict:
-    """Start a run in ``run_dir`` (or continue it when it exists with the same config)."""
-    run_dir = Path(run_dir)
-    strategy = strategy or distribute.make_strategy(config.training.strategy)
-    if not distribute.is_chief(strategy):  # workers write nothing; the chief checks and writes
-        return _run(config, data, run_dir, strategy)
-    if (run_dir / RUN_FILE).exists():
-        existing = read_run(run_dir)
-        differences = existing["config"].diff(config)
-        if differences:
-            name = differences[0]
-            section, key = name.split(".")
-            raise TrainingError(
-                f"{run_dir} exists with {name}={getattr(getattr(existing['config'], section), key)!r} "
-                f"but this command asks {getattr(getattr(config, section), key)!r}; use "
-                f"`progan resume {run_dir}` to continue it or choose another --out")
-        return resume(run_dir, strategy)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise TrainingError(f"--out {run_dir}: exists and is not a run directory; choose another")
-    _check_data(data, config)
-    write_run(run_dir, config, data)
-    return Trainer(config, data, run_dir, strategy).train()
+def check_batches(config: Config, strategy) -> None:
+    """Every stage's batch splits over the replicas and each slice over minibatch-stddev groups."""
+    schedule = Schedule(config.schedule, config.model.max_resolution)
+    for stage in schedule.stages():
+        try:
+            distribute.check_global_batch(strategy, stage.batch_size, config.model.mbstd_group_size)
+        except distribute.DistributeError as error:
+            raise TrainingError(f"--batch {stage.batch_size} at {stage.resolution}x"
+                                f"{stage.resolution}: {error}") from None
 
 
-def resume(run_dir: Path, strategy=None) -> dict:
-    """Continue a run from its newest readable snapshot, with no other argument."""
-    run = read_run(run_dir)
-    return _run(run["config"], Path(run["data"]), Path(run_dir), strategy)
-
-
-def _run(config: Config, data: Path, run_dir: Path, strategy=None) -> dict:
-    trainer = Trainer(config, data, run_dir, strategy)
-    if list_snapshots(run_dir / "checkpoints"):
-        trainer.restore()
-    return trainer.train()
-
-
-def select_snapshot(run_dir: Path, which: str) -> int:
-    """Images seen of the snapshot named by latest | best | best:<metric> | KIMG."""
-    snapshots = list_snapshots(Path(run_dir) / "checkpoints")
-    if not snapshots:
-        raise TrainingError(f"{run_dir}: has no snapshots")
-    if which == "latest":
-        return snapshots[-1][0]
-    if which.startswith("best"):
-        best = read_best(Path(run_dir) / "checkpoints")
-        if not best:
-            raise TrainingError(f"--checkpoint {which}: {run_dir} has no metric record yet; "
-                                f"run `progan evaluate {run_dir}` first")
-        metric = which.partition(":")[2] or sorted(best)[0]
-        if metric not in best:
-            raise TrainingError(f"--checkpoint {which}: no best snapshot for {metric!r} "
-                                f"(have: {', '.join(sorted(best))})")
-        return int(best[metric]["images_seen"])
-    try:
-        wanted = int(round(float(which) * 1000))
-    except ValueError:
-        raise TrainingError(f"--checkpoint {which}: expected latest, best or a kimg number") from None
-    nearest = min((abs(seen - wanted), seen) for seen, _ in snapshots)
-    if nearest[0] <= 500:  # kimg as printed in file names and logs, rounded
-        return nearest[1]
-    available = ", ".join(f"{seen / 1000:g}" for seen, _ in snapshots)
-    raise TrainingError(f"--checkpoint {which}: no snapshot at that kimg (have: {available})")
-
-
-def finetune(run_dir: Path, out: Path, checkpoint: str = "latest", lr_scale: float = 0.8,
-             kimg: float = 100.0, reset_optimizer: bool = False, strategy=None) -> dict:
-    """Continue from a snapshot's weights at ``lr_scale`` times the learning rates for ``kimg``
-    more kimg, in a new run directory whose config.json records where it came from."""
-    source = read_run(run_dir)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise TrainingError(f"--out {out}: exists; choose a new directory for the fine-tuning run")
-    if lr_scale <= 0 or kimg <= 0:
-        raise TrainingError(f"--lr-scale {lr_scale} --kimg {kimg}: expected positive numbers")
-    start = select_snapshot(run_dir, checkpoint)
-    base = source["config"]
-    schedule = dataclasses.replace(
-        base.schedule, g_lr=base.schedule.g_lr * lr_scale, d_lr=base.schedule.d_lr * lr_scale,
-        lr_by_resolution={r: lr * lr_scale for r, lr in base.schedule.lr_by_resolution.items()},
-        total_kimg=start / 1000 + kimg)
-    config = dataclasses.replace(base, schedule=schedule)
-    origin = {"run": str(Path(run_dir).resolve()), "images_seen": start, "kimg": start / 1000,
-              "checkpoint": checkpoint, "lr_scale": lr_scale, "reset_optimizer": reset_optimizer}
-    write_run(out, config, Path(source["data"]), origin)
-    trainer = Trainer(config, Path(source["data"]), out, strategy)
-    CheckpointStore(Path(run_dir) / "checkpoints", trainer.checkpoint).restore(start)
-    trainer.optimizer_stage.assign(trainer.schedule.stage_at(start).index)
-    if reset_optimizer:
-        trainer.reset_optimizers()
-    trainer.reporter.log(f"fine-tuning {run_dir} from kimg {start / 1000:.1f} at "
-                         f"{lr_scale:g} x the learning rates for {kimg:g} kimg")
-    return trainer.train()
-
-
-def _check_data(data: Path, config: Config) -> None:
+def check_data(data: Path, config: Config) -> str:
+    """The data set has every level the config trains on; returns its fingerprint."""
     from progan.dataset.reader import open_dataset
 
     info = open_dataset(data)
@@ -597,3 +542,133 @@ def _check_data(data: Path, config: Config) -> None:
     if missing:
         raise TrainingError(f"--data {data}: has no {missing[0]}x{missing[0]} level, which the "
                             f"config needs (max_resolution {config.model.max_resolution})")
+    if info.train_count < 1:
+        raise TrainingError(f"--data {data}: the train split is empty")
+    return data_fingerprint(data)
+
+
+def _check_new_run_dir(run: RunDir, flag: str) -> None:
+    if run.path.exists() and not run.path.is_dir():
+        raise TrainingError(f"{flag} {run.path}: exists and is not a directory")
+    if run.path.is_dir() and not run.exists() and any(
+            path.name != ".lock" for path in run.path.iterdir()):
+        raise TrainingError(f"{flag} {run.path}: exists and is not a run directory; choose another")
+
+
+def _matching_data(run: RunDir, info: RunInfo, data: Path | None, allow_different: bool,
+                   log) -> RunInfo:
+    """The run's data set, or ``data`` when it is a moved copy (same fingerprint) or the user
+    allowed a different one; config.json is updated to the data actually used."""
+    if data is None:
+        data = info.data
+        if not data.is_dir():
+            raise TrainingError(f"{run.config_file}: its data set {data} is gone; point to where "
+                                f"it is now with: progan resume {run.path} --data DIR")
+    fingerprint = check_data(data, info.config)
+    if info.data_fingerprint is not None and fingerprint != info.data_fingerprint:
+        if not allow_different:
+            raise TrainingError(
+                f"--data {data}: a different data set (fingerprint {fingerprint}) from the one "
+                f"{run.path} trained on ({info.data_fingerprint}, {info.data}); use the same data "
+                "set, or say --allow-different-data to continue on this one")
+        log(f"warning: continuing on a different data set {data} (fingerprint {fingerprint}, "
+            f"was {info.data_fingerprint}) as --allow-different-data says")
+    if Path(data).resolve() != Path(info.data).resolve() or fingerprint != info.data_fingerprint:
+        info = dataclasses.replace(info, data=Path(data).resolve(), data_fingerprint=fingerprint)
+        run.write(info)
+    return info
+
+
+# -- run-level entry points (what the CLI calls) ----------------------------------------------
+
+
+def train(config: Config, data: Path, run_dir: Path, strategy=None) -> dict:
+    """Start a run in ``run_dir``, or continue it when it exists with the same config and data."""
+    run = RunDir(run_dir)
+    strategy = strategy or distribute.make_strategy(config.training.strategy)
+    check_batches(config, strategy)
+    fingerprint = check_data(data, config)
+    if not distribute.is_chief(strategy):  # workers write nothing; the chief checks and writes
+        return _train(config, data, run, strategy)
+    if run.exists():
+        info = run.read()
+        differences = info.config.diff(config)
+        if differences:
+            name = differences[0]
+            section, key = name.split(".")
+            raise TrainingError(
+                f"{run.path} exists with {name}={getattr(getattr(info.config, section), key)!r} "
+                f"but this command asks {getattr(getattr(config, section), key)!r}; use "
+                f"`progan resume {run.path}` to continue it or choose another --out")
+        if info.data_fingerprint not in (None, fingerprint):
+            raise TrainingError(
+                f"--data {data}: a different data set (fingerprint {fingerprint}) from the one "
+                f"{run.path} trains on ({info.data_fingerprint}, {info.data}); choose another --out")
+        return resume(run.path, data, strategy=strategy)
+    _check_new_run_dir(run, "--out")
+    with run.lock("progan train"):
+        if run.exists():
+            raise TrainingError(f"--out {run.path}: another process started this run just now")
+        run.write(RunInfo(config, Path(data).resolve(), fingerprint))
+        return _train(config, data, run, strategy)
+
+
+def resume(run_dir: Path, data: Path | None = None, allow_different_data: bool = False,
+           strategy=None) -> dict:
+    """Continue a run from its newest readable snapshot; ``data``: where its data set is now."""
+    run = RunDir(run_dir)
+    info = run.read()
+    strategy = strategy or distribute.make_strategy(info.config.training.strategy)
+    check_batches(info.config, strategy)
+    if not distribute.is_chief(strategy):
+        return _train(info.config, data or info.data, run, strategy)
+    with run.lock("progan resume"):
+        info = _matching_data(run, run.read(), data, allow_different_data, print)
+        return _train(info.config, info.data, run, strategy)
+
+
+def _train(config: Config, data: Path, run: RunDir, strategy) -> dict:
+    trainer = Trainer(config, data, run, strategy)
+    if run.snapshots("full"):
+        trainer.restore()
+    return trainer.train()
+
+
+def finetune(run_dir: Path, out: Path, snapshot: str = "latest", lr_scale: float = 0.8,
+             kimg: float = 100.0, reset_optimizer: bool = False, strategy=None) -> dict:
+    """Continue from a full snapshot's state at ``lr_scale`` times the learning rates for
+    ``kimg`` more kimg, in a new run directory whose config.json records where it came from."""
+    source = RunDir(run_dir)
+    info = source.read()
+    target = RunDir(out)
+    if target.exists() or (target.path.exists() and any(target.path.iterdir())):
+        raise TrainingError(f"--out {target.path}: exists; choose a new directory for the "
+                            "fine-tuning run")
+    if not (lr_scale > 0 and kimg > 0):
+        raise TrainingError(f"--lr-scale {lr_scale} --kimg {kimg}: expected positive numbers")
+    start, chosen = source.select_one(snapshot, kind="full")
+    print(f"progan finetune: starting from {chosen} of {source.path}", flush=True)
+    base = info.config
+    schedule = dataclasses.replace(
+        base.schedule, g_lr=base.schedule.g_lr * lr_scale, d_lr=base.schedule.d_lr * lr_scale,
+        lr_by_resolution={r: lr * lr_scale for r, lr in base.schedule.lr_by_resolution.items()},
+        total_kimg=start / 1000 + kimg)
+    config = dataclasses.replace(base, schedule=schedule)
+    strategy = strategy or distribute.make_strategy(config.training.strategy)
+    check_batches(config, strategy)
+    if not info.data.is_dir():
+        raise TrainingError(f"{source.config_file}: its data set {info.data} is gone")
+    fingerprint = check_data(info.data, config)
+    origin = {"run": str(source.path.resolve()), "images_seen": start, "kimg": start / 1000,
+              "snapshot": snapshot, "lr_scale": lr_scale, "reset_optimizer": reset_optimizer,
+              "data_fingerprint": info.data_fingerprint}
+    with target.lock("progan finetune"):
+        target.write(RunInfo(config, info.data, fingerprint, origin))
+        trainer = Trainer(config, info.data, target, strategy)
+        trainer.restore(start, run=source)
+        trainer.optimizer_stage.assign(trainer.schedule.stage_at(start).index)
+        if reset_optimizer:
+            trainer.reset_optimizers()
+        trainer.reporter.log(f"fine-tuning {source.path} from kimg {start / 1000:.1f} at "
+                             f"{lr_scale:g} x the learning rates for {kimg:g} kimg")
+        return trainer.train()
