@@ -194,19 +194,44 @@ class ProGAN:
 
     # -- whole-network views ------------------------------------------------------------
 
+    def _network_layers(self, network: str, resolution: int | None = None) -> list:
+        """Every layer of one network up to ``resolution`` (default: all), block by block."""
+        top = self.max_level if resolution is None else level_of(resolution)
+        if network == "generator":
+            return [layer for level in range(2, top + 1)
+                    for layer in self._generator_blocks[level] + [self._to_rgb[level]]]
+        if network == "discriminator" and self.with_discriminator:
+            return [layer for level in range(2, top + 1)
+                    for layer in self._discriminator_blocks[level] + self._from_rgb[level]]
+        raise ValueError(f"network: expected generator or discriminator, got {network!r}")
+
     def generator_variables(self, resolution: int | None = None) -> list:
         """Trainable variables of the generator up to ``resolution`` (default: all)."""
-        top = self.max_level if resolution is None else level_of(resolution)
-        layers = [layer for level in range(2, top + 1)
-                  for layer in self._generator_blocks[level] + [self._to_rgb[level]]]
-        return _unique_trainable(layers)
+        return _unique_trainable(self._network_layers("generator", resolution))
 
     def discriminator_variables(self, resolution: int | None = None) -> list:
         """Trainable variables of the discriminator up to ``resolution`` (default: all)."""
-        top = self.max_level if resolution is None else level_of(resolution)
-        layers = [layer for level in range(2, top + 1)
-                  for layer in self._discriminator_blocks[level] + self._from_rgb[level]]
-        return _unique_trainable(layers)
+        return _unique_trainable(self._network_layers("discriminator", resolution))
+
+    def named_weights(self, network: str) -> dict[str, dict[str, object]]:
+        """Every weight of ``"generator"`` or ``"discriminator"`` (all resolutions, trainable
+        or not, e.g. spectral norm's ``vector_u``) as ``{layer name: {weight name: variable}}``.
+
+        These names are what checkpoints are keyed by, so they must stay stable: a layer's
+        name says its network, resolution and role (``g_8_conv1``, ``to_rgb_16``); a wrapped
+        layer is named by the layer it wraps. The fade-in alphas are not included (each step
+        sets them from the schedule).
+        """
+        named: dict[str, dict[str, object]] = {}
+        for layer in self._network_layers(network):
+            if not layer.weights:
+                continue
+            name = getattr(layer, "layer", layer).name
+            weights = {variable.name: variable for variable in layer.weights}
+            if name in named or len(weights) != len(layer.weights):
+                raise ValueError(f"weight names of layer {name!r} are not unique")
+            named[name] = weights
+        return named
 
     def parameter_counts(self, resolution: int | None = None) -> dict:
         """Trainable parameters of the whole generator and discriminator up to ``resolution``,
