@@ -291,7 +291,13 @@ def _section_from_dict(section_class, data: dict, source: str):
                 raise ConfigError(f"{source}.{key}: expected an object keyed by resolution, "
                                   f"got {value!r}") from None
         elif key == "metrics":
+            _require(isinstance(value, list) and all(isinstance(m, str) for m in value),
+                     f"{source}.{key}", "a list of metric names", value)
             value = tuple(value)
+        elif default is None:  # optional numbers (schedule.total_kimg)
+            _require(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                       and math.isfinite(value)), f"{source}.{key}",
+                     "a number or null", value)
         elif isinstance(default, bool):
             _require(isinstance(value, bool), f"{source}.{key}", "true or false", value)
         elif isinstance(default, int) and not isinstance(default, bool):
