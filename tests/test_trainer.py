@@ -1,6 +1,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO, TINY_CONFIG, run_progan
+from run_fixtures import copy_run
 
 from progan.config import Config
 from progan.run import RunDir, RunInfo
@@ -56,18 +58,25 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_dataset, tin
     rng = random.Random(7)
     command = [sys.executable, "-m", "progan", "train", *map(str, common), "--out", str(interrupted)]
     interruptions = []
-    for stop_signal in (signal.SIGKILL, signal.SIGTERM):
+    # SIGKILL while a snapshot is being written, SIGKILL at a random moment, then SIGTERM.
+    for stop_signal, during_write in ((signal.SIGKILL, True), (signal.SIGKILL, False),
+                                      (signal.SIGTERM, False)):
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
         before = (list_snapshots(interrupted / "checkpoints") or [(-1, None)])[-1][0]
         assert _wait_for_new_snapshot(process, interrupted, max(before, 0)), "no progress to interrupt"
-        time.sleep(rng.uniform(0.0, 0.3))
+        if during_write:
+            deadline = time.time() + 60
+            while not list((interrupted / "checkpoints").glob(".tmp-*")) and time.time() < deadline:
+                time.sleep(0.001)
+        else:
+            time.sleep(rng.uniform(0.0, 0.3))
         process.send_signal(stop_signal)
         output = process.communicate(timeout=120)[0]
         interruptions.append((stop_signal, process.returncode, output))
         command = [sys.executable, "-m", "progan", "resume", str(interrupted)]
-    assert interruptions[0][1] == -signal.SIGKILL
-    sigterm_code, sigterm_output = interruptions[1][1], interruptions[1][2]
+    assert interruptions[0][1] == interruptions[1][1] == -signal.SIGKILL
+    sigterm_code, sigterm_output = interruptions[2][1], interruptions[2][2]
     assert sigterm_code == 0 and f"progan resume {interrupted}" in sigterm_output, sigterm_output[-2000:]
     assert "done: kimg" not in sigterm_output
     result = run_progan("resume", interrupted)
@@ -80,7 +89,12 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_dataset, tin
     for name, array in straight_arrays.items():
         np.testing.assert_array_equal(interrupted_arrays[name], array, err_msg=name)
     log = (interrupted / "log.txt").read_text()
-    assert log.count("resumed from snapshot") == 2
+    assert log.count("resumed from snapshot") == 3
+    assert not list((interrupted / "checkpoints").glob(".tmp-*"))
+    ticks = [json.loads(line) for line in (interrupted / "stats.jsonl").read_text().splitlines()]
+    straight_ticks = [json.loads(line) for line in (straight / "stats.jsonl").read_text().splitlines()]
+    assert [t["tick"] for t in ticks] == list(range(len(ticks)))  # no repeats after a resume
+    assert [t["images_seen"] for t in ticks] == [t["images_seen"] for t in straight_ticks]
     assert (straight / "reals.png").exists() and (straight / "curves.png").exists()
     assert len(list(straight.glob("fakes*.png"))) >= 3
     stats = [json.loads(line) for line in (straight / "stats.jsonl").read_text().splitlines()]
@@ -250,3 +264,128 @@ def test_mixed_precision_and_xla_train(tmp_path, tiny_dataset, precision, xla):
     assert any(not np.array_equal(a, b) for a, b in zip(after, before))
     if precision == "fp16":
         assert float(trainer.loss_scale.numpy()) <= 2.0 ** 15
+
+
+# -- the run directory under attack -------------------------------------------------------------
+
+
+def test_a_second_trainer_on_the_same_run_fails_at_once(tmp_path, tiny_dataset, tiny_config_file):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "progan", "train", "--config", str(tiny_config_file), "--data",
+               str(tiny_dataset), "--out", str(run_dir), "--stable-kimg", "0.6", "--fade-kimg", "0.6"]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for_new_snapshot(first, run_dir, -1), "the first trainer never snapshotted"
+        for second_command in (command, [sys.executable, "-m", "progan", "resume", str(run_dir)]):
+            second = subprocess.run(second_command, cwd=REPO, capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2
+            error = second.stderr.strip().splitlines()[-1]
+            assert f"in use by PID {first.pid} on " in error and error.startswith("progan ")
+        out, err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err[-2000:]
+    log = (run_dir / "log.txt").read_text()
+    assert log.count("training ") == 1 and "done: kimg 1.8" in log
+    ticks = [json.loads(line)["tick"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert ticks == list(range(len(ticks)))
+
+
+def _damage(run_dir, images_seen, how):
+    path = run_dir / "checkpoints" / f"snapshot-{images_seen:012d}"
+    if how == "truncated data":
+        data = next(path.glob("ckpt.data-*"))
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    elif how == "truncated index":
+        index = path / "ckpt.index"
+        index.write_bytes(index.read_bytes()[:100])
+    elif how == "unreadable snapshot.json":
+        (path / "snapshot.json").write_text("{\"format_version\": ")
+    elif how == "wrong shapes":  # a checkpoint of the right names from a narrower model
+        other = training.Trainer(tiny(**{"model.fmap_max": 8}), REPO, run_dir / "unused")
+        RunDir(run_dir).write_snapshot(images_seen, "full", other.checkpoint)
+    return path.name
+
+
+@pytest.mark.parametrize("newest, previous", [("truncated data", "unreadable snapshot.json"),
+                                              ("truncated index", "wrong shapes")])
+def test_damaged_snapshots_fall_back_to_the_newest_readable_one(tmp_path, finished_run, capfd,
+                                                                newest, previous):
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    names = [_damage(run_dir, 304, newest), _damage(run_dir, 200, previous)]
+    capfd.readouterr()
+    result = training.resume(run_dir)
+    error = capfd.readouterr().err
+    log = (run_dir / "log.txt").read_text()
+    for name, how in zip(names, (newest, previous)):
+        assert name in error and f"set aside as damaged-{name}" in log
+        assert (run_dir / "checkpoints" / f"damaged-{name}").is_dir()
+    assert "resumed from snapshot-000000000104 at kimg 0.1" in log
+    assert result["images_seen"] == 304 and not result["stopped"]
+    assert RunDir(run_dir).snapshots("full")[-1].images_seen == 304  # written anew
+    stats = RunDir(run_dir).read_stats()
+    assert [s["tick"] for s in stats] == list(range(len(stats)))
+    assert [s["images_seen"] for s in stats] == sorted({s["images_seen"] for s in stats})
+
+
+def test_a_moved_data_set_is_accepted_a_different_one_refused(tmp_path, finished_run, tiny_dataset):
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_dataset, moved)
+    training.resume(run_dir, data=moved)
+    assert RunDir(run_dir).read().data == moved.resolve()
+
+    from progan.dataset.synthetic import ensure_synthetic
+
+    other = ensure_synthetic(tmp_path / "other", num_images=256, resolution=8, seed=5, workers=1,
+                             progress=False)
+    with pytest.raises(training.TrainingError, match="a different data set .* --allow-different-data"):
+        training.resume(run_dir, data=other)
+    config = RunDir(run_dir).read().config
+    with pytest.raises(training.TrainingError, match="--data .*: a different data set"):
+        training.train(config, other, run_dir)
+    assert RunDir(run_dir).read().data == moved.resolve()
+    training.resume(run_dir, data=other, allow_different_data=True)
+    assert RunDir(run_dir).read().data == other.resolve()
+    assert "continuing on a different data set" in (run_dir / "log.txt").read_text()
+
+
+def test_a_command_that_fails_validation_writes_nothing(tmp_path, tiny_dataset, tiny_config_file, capsys):
+    from progan import cli
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--config", str(tiny_config_file), "--data", str(tiny_dataset),
+                  "--out", str(out), "--batch", "6"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--batch 6" in error and "group size 4" in error
+    assert not out.exists()
+    with pytest.raises(training.TrainingError, match="has no 16x16 level"):
+        training.train(tiny(**{"model.max_resolution": 16}), tiny_dataset, out)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("version", ["0.1.0", "0.2.0"])
+def test_runs_written_by_earlier_versions_resume(tmp_path, tiny_dataset, version):
+    """tests/data/run-v<version> was written by that version (tests/data/write_run_fixture.py)."""
+    run_dir = copy_run(REPO / "tests" / "data" / f"run-v{version}", tmp_path / "run")
+    expected = np.load(run_dir / "expected.npz")
+    training.resume(run_dir, data=tiny_dataset)  # the schedule is done: restore and check only
+    info = RunDir(run_dir).read()
+    assert info.data == tiny_dataset.resolve() and info.data_fingerprint is not None
+    trainer = training.Trainer(info.config, tiny_dataset, run_dir)
+    assert trainer.restore() == int(expected["images_seen"])
+    sys.path.insert(0, str(REPO / "tests" / "data"))
+    from write_run_fixture import expected_outputs
+
+    for name, value in expected_outputs(trainer).items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    from progan.generate import load_generator
+
+    ema = load_generator(run_dir, "latest").model(expected["latents"]).numpy()
+    np.testing.assert_allclose(ema, expected["ema_images"], rtol=1e-5, atol=1e-6)
+    before = [v.numpy() for v in trainer.discriminator_variables]
+    trainer.run_iterations(1)  # the restored optimiser state trains on
+    assert int(trainer.skipped_steps.numpy()) == 0
+    assert any(not np.array_equal(v.numpy(), b) for v, b in zip(trainer.discriminator_variables, before))

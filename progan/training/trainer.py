@@ -623,7 +623,7 @@ def resume(run_dir: Path, data: Path | None = None, allow_different_data: bool =
     if not distribute.is_chief(strategy):
         return _train(info.config, data or info.data, run, strategy)
     with run.lock("progan resume"):
-        info = _matching_data(run, run.read(), data, allow_different_data, print)
+        info = _matching_data(run, run.read(), data, allow_different_data, Reporter(run).warn)
         return _train(info.config, info.data, run, strategy)
 
 
