@@ -73,3 +73,67 @@ def read_records(path):
         feature = example.features.feature
         records.append((tuple(feature["shape"].int64_list.value), feature["data"].bytes_list.value[0]))
     return records
+
+
+# -- real processes (tests/test_dataset_safety.py) --------------------------------------------
+
+_TF_LOG_LINE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ")
+
+
+def tool_lines(stderr):
+    """The lines of a progan-dataset run's stderr that the tool wrote (TensorFlow's C++
+    start-up chatter removed)."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(_TF_LOG_LINE)]
+
+
+def start_tool(*args, cwd=None):
+    """``progan-dataset ARGS`` as a real process in its own process group."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "progan.dataset.cli", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=cwd)
+
+
+def wait_for_records(parent, name, process, timeout=120):
+    """Wait until a build has appended records to its staging folder; returns the folder."""
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for staging in Path(parent).glob(f".{name}.partial-*"):
+            try:
+                if any(f.stat().st_size > 0 for f in staging.glob("*.tfrecords")):
+                    return staging
+            except FileNotFoundError:
+                pass
+        if process.poll() is not None:
+            raise AssertionError(f"the build ended before writing records: {process.communicate()}")
+        time.sleep(0.02)
+    raise AssertionError("no records written in time")
+
+
+def tree_digest(path):
+    """{relative path: (size, sha256)} of every file under a folder (or of one file)."""
+    import hashlib
+    from pathlib import Path
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path.parent if path.is_file() else path)):
+            (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()) for p in files}
+
+
+def children(pid):
+    """Process ids of the direct children of a process (Linux /proc)."""
+    from pathlib import Path
+
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found

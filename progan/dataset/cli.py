@@ -5,6 +5,7 @@ Every sub-command only parses its flags and calls the dataset package.
 
 import argparse
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -21,7 +22,8 @@ def _create_flags():
     parent.add_argument("--train-count", type=int, default=None,
                         help="records in the train split (default: 200,000 for CelebA, else all)")
     parent.add_argument("--strict", action="store_true", help="an unreadable input is an error, not a skip")
-    parent.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    parent.add_argument("--overwrite", action="store_true",
+                        help="replace OUT if it is a data set written by this tool (never anything else)")
     parent.add_argument("--quiet", action="store_true", help="no progress output")
     return parent
 
@@ -90,13 +92,15 @@ def build_parser():
 def _write(args, source):
     from progan.dataset.writer import write_dataset
 
+    args.building = True
     manifest = write_dataset(args.out, source, max_resolution=args.max_resolution,
                              workers=args.workers, overwrite=args.overwrite, strict=args.strict,
                              train_count=args.train_count, progress=not args.quiet)
     print(f"{args.out}: {manifest['image_count']} images, levels "
           f"{', '.join(str(level['resolution']) for level in manifest['levels'])}, "
           f"train {manifest['train_count']} / test {manifest['test_count']}, "
-          f"skipped {manifest['skipped_count']}")
+          f"skipped {manifest['skipped_count']}"
+          + "".join(f", {kind} {note['count']}" for kind, note in sorted(manifest["notes"].items())))
     return 0
 
 
@@ -248,16 +252,31 @@ def main(argv=None):
     """Entry point of ``progan-dataset``; returns the exit code (2 for bad input)."""
     from progan.dataset.format import DatasetError
 
+    from progan.dataset.writer import Terminated, terminate_on_sigterm
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.building = False
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGTERM)
+        terminate_on_sigterm()
     try:
         return COMMANDS[args.command](args)
     except DatasetError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as error:
+        cause = "SIGINT" if isinstance(error, KeyboardInterrupt) else str(error)
+        note = (f"; stopped the workers and removed the partial data set, OUT {args.out} is unchanged"
+                if args.building else "")
+        print(f"{PROG}: interrupted by {cause}{note}", file=sys.stderr)
+        return 130 if cause == "SIGINT" else 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

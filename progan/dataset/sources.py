@@ -37,6 +37,34 @@ def reference_order(count):
     return np.random.RandomState(REFERENCE_ORDER_SEED).permutation(count)
 
 
+_SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
+
+
+def sniff_format(data):
+    """The image format named by the first bytes of a file (PNG, JPEG, WEBP, ...) or None."""
+    head = bytes(data[:12])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    for signature, name in _SIGNATURES:
+        if head.startswith(signature):
+            return name
+    return None
+
+
+def decode_failure(error, data):
+    """A short reason a person can act on for a Pillow failure on ``data`` (encoded bytes)."""
+    kind = sniff_format(data)
+    if isinstance(error, PIL.Image.DecompressionBombError):
+        return "too many pixels (Pillow's decompression-bomb limit)"
+    if kind is None:
+        return "not an image"
+    text = str(error)
+    if isinstance(error, (EOFError, PIL.UnidentifiedImageError)) or "truncated" in text.lower() \
+            or "could not create decoder" in text or "broken data stream" in text:
+        return f"truncated {kind}"
+    return f"damaged {kind} ({text.splitlines()[0] if text else type(error).__name__})"
+
+
 def open_image(data, name, check=None, rows=None):
     """Decode an image file (path or bytes) with Pillow; raises SkipImage if it cannot.
 
@@ -46,16 +74,22 @@ def open_image(data, name, check=None, rows=None):
       check: optional callable(image, name) run on the opened, not yet decoded image.
       rows: decode only the top ``rows`` rows of a non-interlaced PNG (decoding stops
         early; the rows are the same). Other files are decoded whole.
+    The SkipImage message is a short reason: "empty file", "not an image", "truncated
+    JPEG", "damaged PNG (...)".
     """
+    if not isinstance(data, bytes):
+        data = Path(data).read_bytes()
+    if not data:
+        raise SkipImage("empty file")
     try:
-        image = PIL.Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        image = PIL.Image.open(io.BytesIO(data))
         if check is not None:
             check(image, name)
         if rows is not None:
             _stop_png_decoding_after(image, rows)
         image.load()
     except _DECODE_ERRORS as error:
-        raise SkipImage(f"not a readable image ({error})") from None
+        raise SkipImage(decode_failure(error, data)) from None
     return image
 
 
@@ -71,25 +105,37 @@ def _stop_png_decoding_after(image, rows):
     image._size = (image.size[0], rows)
 
 
-def to_rgb(image):
-    """Any Pillow mode (L, LA, P, RGBA, CMYK, I;16, ...) as RGB; transparency is dropped."""
+def to_rgb(image, notes=None):
+    """Any Pillow mode (L, LA, P, RGBA, CMYK, I;16, ...) as RGB; transparency is dropped.
+
+    ``notes``: an optional list that gets ("16-bit converted", mode) when 16-bit grey
+    loses its low 8 bits.
+    """
     if image.mode == "RGB":
         return image
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grey: keep the top 8 bits rather than letting convert() clip.
+        if notes is not None:
+            notes.append(("16-bit converted", f"{image.format or 'image'} {image.mode}"))
         image = PIL.Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
     return image.convert("RGB")
 
 
-def center_square(image, resolution):
-    """Centre-crop a Pillow image to a square and resize it to resolution^2 (Lanczos), as uint8 HWC."""
+def center_square(image, resolution, notes=None):
+    """Centre-crop a Pillow image to a square and resize it to resolution^2 (Lanczos), as uint8 HWC.
+
+    ``notes``: an optional list that gets ("enlarged", "WxH") when the square is smaller
+    than ``resolution``.
+    """
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     image = image.crop((left, top, left + side, top + side))
     if side != resolution:
+        if side < resolution and notes is not None:
+            notes.append(("enlarged", f"{width}x{height}"))
         image = image.resize((resolution, resolution), PIL.Image.Resampling.LANCZOS)
     return np.asarray(image, dtype=np.uint8)
 
@@ -153,8 +199,18 @@ class ImageSource:
         raise NotImplementedError
 
     def load(self, item):
-        """(name for messages, uint8 [resolution, resolution, 3]) of one item."""
+        """(name for messages, uint8 [resolution, resolution, 3], notes) of one item.
+
+        ``notes`` is a list of (kind, detail) pairs about changes a person may want to know
+        of ("enlarged", "20x20"); sources may also return just (name, image).
+        """
         raise NotImplementedError
+
+    @property
+    def input_paths(self):
+        """[(path, scanned)] of the files or folders read; ``scanned``: a folder listed for
+        inputs (the output may not sit inside it)."""
+        return []
 
 
 class FileListSource(ImageSource):
@@ -184,8 +240,10 @@ class FileListSource(ImageSource):
         name = item if self.archive is None else f"{self.archive}:{item}"
         try:
             data = self.read_bytes(item)
-        except (OSError, zipfile.BadZipFile, zlib.error) as error:
-            raise SkipImage(f"{name}: cannot be read ({error})") from None
+        except OSError as error:
+            raise SkipImage(f"{name}: cannot be read ({error.strerror or error})") from None
+        except (zipfile.BadZipFile, zlib.error) as error:
+            raise SkipImage(f"{name}: damaged zip member ({error})") from None
         try:
             return name, open_image(data, name, check, rows)
         except SkipImage as error:
@@ -209,13 +267,19 @@ class CelebASource(FileListSource):
         self.resolution = CELEBA_CROP_SIZE
         self.description = {"kind": self.kind, "path": str(location),
                             "max_images": max_images}
+        self.location = Path(archive) if archive is not None else (
+            Path(files[0]).parent if files else Path(location))
+
+    @property
+    def input_paths(self):
+        return [(self.location, self.archive is None)]
 
     def default_train_count(self, image_count):
         return min(CELEBA_TRAIN_COUNT, image_count)
 
     def load(self, item):
         name, image = self.open(item, self.crop_image.check_size, self.crop_image.rows)
-        return name, self.crop_image(image, name)
+        return name, self.crop_image(image, name), []
 
 
 def _sorted_images(paths):
@@ -276,11 +340,17 @@ class ImageFolderSource(FileListSource):
             raise DatasetError(f"DIR {directory}: contains no files (expected JPEG/PNG/WebP images)")
         super().__init__(files)
         self.resolution = resolution
+        self.directory = directory
         self.description = {"kind": self.kind, "path": str(directory)}
+
+    @property
+    def input_paths(self):
+        return [(self.directory, True)]
 
     def load(self, item):
         name, image = self.open(item)
-        return name, center_square(to_rgb(image), self.resolution)
+        notes = []
+        return name, center_square(to_rgb(image, notes), self.resolution, notes), notes
 
 
 class TfdsSource(ImageSource):
@@ -354,8 +424,9 @@ class TfdsSource(ImageSource):
         except SkipImage as error:
             raise SkipImage(f"{name}: {error}") from None
         if self.crop_image is not None:
-            return name, self.crop_image(image, name)
-        return name, center_square(to_rgb(image), self.resolution)
+            return name, self.crop_image(image, name), []
+        notes = []
+        return name, center_square(to_rgb(image, notes), self.resolution, notes), notes
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -1,57 +1,103 @@
-"""Write a source's images as a TFRecord pyramid, in parallel, atomically.
+"""Write a source's images as a TFRecord pyramid, in parallel, atomically, safely.
 
-Workers (processes) decode, crop, build the pyramid and write each chunk of
-16 images as small TFRecord files; the main process appends the chunks in
-order to the level files (a kernel-side copy: no image data crosses a pipe).
-Everything happens in a temporary directory beside ``OUT`` that is renamed into
-place only once every file and ``dataset.json`` are complete. Memory stays
-bounded: at most 4 chunks per worker are in flight.
+Workers (forked processes) decode, crop, build the pyramid and write each chunk of
+up to 16 images as small TFRecord files; the main process appends the chunks in
+order to the level files (no image data crosses a pipe). Memory stays bounded: at
+most 4 chunks per worker are in flight.
+
+Safety rules (see ``check_out``):
+
+- Everything is written in a staging folder ``.<name>.partial-<pid>`` beside ``OUT``
+  (it holds a marker file naming the process) that becomes ``OUT`` only once every
+  file and ``dataset.json`` are complete.
+- Only a data set this tool wrote (``dataset.json`` and its level files, nothing
+  else) is ever replaced, with ``overwrite=True``, and only after the new one is
+  complete. OUT may not be, contain, or lie inside a scanned folder of the input.
+- Any failure (unreadable input under ``strict``, disk full, a worker that dies,
+  Ctrl-C, SIGTERM) stops every worker at once and removes the staging folder;
+  the error is one line naming the cause and, where there is one, the file.
+- Staging folders of builds whose process is gone (SIGKILL, power loss) are
+  removed by the next build in the same parent folder.
+
+Workers get their tasks as JSON plus raw bytes over pipes (no pickle).
 """
 
+import ctypes
+import errno
 import hashlib
+import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
+import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
-from progan.dataset.format import (FORMAT_NAME, FORMAT_VERSION, MIN_LOG2, DatasetError,
-                                   level_filename, log2_resolution,
+import numpy as np
+
+from progan.dataset.format import (FORMAT_NAME, FORMAT_VERSION, LEVEL_FILE_PATTERN, MANIFEST_NAME,
+                                   MIN_LOG2, DatasetError, level_filename, log2_resolution,
                                    serialize_example, write_manifest)
 from progan.dataset.pyramid import build_pyramid
 from progan.dataset.sources import SkipImage
 
 _WORKER_STATE = {}
 CHUNK_SIZE = 16  # small enough that the last chunks leave little idle time
+STAGING_MARKER = ".progan-dataset-staging"
+RECORD_OVERHEAD = 64  # bytes per record beyond the pixels: Example framing + TFRecord header/CRCs
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (see ``terminate_on_sigterm``)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signal.Signals(signum).name)
+
+
+def terminate_on_sigterm():
+    """Make SIGTERM raise ``Terminated`` in the main thread, so a build cleans up on it."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _init_worker(source, num_levels, level_names):
     _WORKER_STATE.update(source=source, num_levels=num_levels, level_names=level_names)
 
 
+def _load(source, item):
+    """(name, image, notes) of one item; sources may return (name, image)."""
+    loaded = source.load(item)
+    return loaded if len(loaded) == 3 else (loaded[0], loaded[1], [])
+
+
 def _encode_chunk(task):
     """Worker: load, pyramid and write one chunk of items as its own small level files.
 
     Args:
-      task: (chunk directory prefix, list of source items).
+      task: (chunk file prefix, list of source items).
     Returns:
-      (the prefix, number of records written, [skip messages]).
+      dict(prefix, written, skipped=[messages], notes=[[kind, name, detail]]).
     """
     import tensorflow as tf
 
     prefix, items = task
     source, names = _WORKER_STATE["source"], _WORKER_STATE["level_names"]
     writers = [tf.io.TFRecordWriter(f"{prefix}-{name}") for name in names]
-    written, skipped = 0, []
+    written, skipped, notes = 0, [], []
     try:
         for item in items:
             try:
-                _, image = source.load(item)
+                name, image, image_notes = _load(source, item)
             except SkipImage as error:
                 skipped.append(str(error))
                 continue
+            except (DatasetError, KeyboardInterrupt):
+                raise
+            except Exception as error:  # a failure that is not the file's: name the item
+                raise DatasetError(f"{_describe_item(item)}: {_error_line(error)}") from None
+            notes.extend([kind, name, detail] for kind, detail in image_notes)
             levels = build_pyramid(image, _WORKER_STATE["num_levels"])[-len(names):]
             for writer, level in zip(writers, levels):
                 writer.write(serialize_example(level))
@@ -59,7 +105,256 @@ def _encode_chunk(task):
     finally:
         for writer in writers:
             writer.close()
-    return prefix, written, skipped
+    return {"prefix": prefix, "written": written, "skipped": skipped, "notes": notes}
+
+
+# -- messages -------------------------------------------------------------------------------
+
+
+def _size(count):
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def _error_line(error, context=""):
+    """One line for an exception raised while building (OSError, TensorFlow, anything)."""
+    if isinstance(error, DatasetError):
+        return str(error)
+    if isinstance(error, OSError):
+        where = error.filename or context
+        reason = "no space left on device" if error.errno in (errno.ENOSPC, errno.EDQUOT) \
+            else (error.strerror or str(error))
+        return f"{where}: {reason}" if where else reason
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    if "No space left on device" in message:
+        first = "no space left on device"
+    return f"{context}: {first}" if context else f"{type(error).__name__}: {first}"
+
+
+def _skip_entry(message):
+    file, _, reason = message.rpartition(": ")
+    return {"file": file, "reason": reason}
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _process_start(pid):
+    """Start time of a process in clock ticks since boot (Linux), or None."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _die_with_parent(parent):
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us if the parent dies
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _pack(prefix, items):
+    """A task as bytes: JSON header ([prefix, [[kind, value, length]...]]) + raw byte payloads."""
+    header, blobs = [], []
+    for item in items:
+        if isinstance(item, tuple) and len(item) == 2:
+            data = bytes(item[1])
+            header.append(["b", int(item[0]), len(data)])
+            blobs.append(data)
+        elif isinstance(item, (int, np.integer)):
+            header.append(["i", int(item)])
+        else:
+            header.append(["s", str(item)])
+    head = json.dumps([prefix, header]).encode()
+    return len(head).to_bytes(8, "little") + head + b"".join(blobs)
+
+
+def _unpack(message):
+    size = int.from_bytes(message[:8], "little")
+    prefix, header = json.loads(message[8:8 + size])
+    items, offset = [], 8 + size
+    for entry in header:
+        if entry[0] == "b":
+            items.append((entry[1], message[offset:offset + entry[2]]))
+            offset += entry[2]
+        else:
+            items.append(entry[1])
+    return prefix, items
+
+
+def _worker_main(conn, parent, source, num_levels, level_names, inherited):
+    # The main process coordinates Ctrl-C and SIGTERM (it kills the workers): a signal to
+    # the whole process group must not kill a worker first and look like a crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent(parent)
+    for other in inherited:  # other workers' pipe ends, inherited through fork
+        other.close()
+    _init_worker(source, num_levels, level_names)
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            os._exit(0)
+        if not message:
+            os._exit(0)
+        prefix, items = _unpack(message)
+        try:
+            reply = _encode_chunk((prefix, items))
+        except BaseException as error:  # everything goes back as one line
+            reply = {"error": _error_line(error, str(Path(prefix).parent.parent)), "prefix": prefix}
+        try:
+            conn.send_bytes(json.dumps(reply).encode())
+        except OSError:
+            os._exit(1)
+
+
+class _Worker:
+    def __init__(self, context, parent, source, num_levels, level_names, others):
+        ours, theirs = context.Pipe()
+        self.process = context.Process(
+            target=_worker_main, daemon=True,
+            args=(theirs, parent, source, num_levels, level_names, [w.conn for w in others] + [ours]))
+        self.process.start()
+        theirs.close()
+        self.conn, self.task = ours, None
+
+    def death(self):
+        code = self.process.exitcode
+        if code is None:
+            return "stopped answering"
+        if code < 0:
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+
+def _chunks(items, size):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _describe_item(item):
+    if isinstance(item, tuple):
+        return f"item {item[0]}"
+    if isinstance(item, (int, np.integer)):
+        return f"item {item}"
+    return str(item)
+
+
+def _describe_chunk(chunk):
+    more = f" and {len(chunk) - 1} more" if len(chunk) > 1 else ""
+    return f"{_describe_item(chunk[0])}{more}"
+
+
+def _encoded_chunks(source, num_levels, level_names, workers, chunk_dir):
+    """Results of _encode_chunk in record order (a generator: close it to stop the workers)."""
+    size = CHUNK_SIZE if source.count is None else max(1, min(CHUNK_SIZE, source.count // (4 * workers)))
+    tasks = ((f"{chunk_dir / 'chunk'}{index:08d}", chunk)
+             for index, chunk in enumerate(_chunks(source.items(), size)))
+    if workers <= 1:
+        _init_worker(source, num_levels, level_names)
+        for task in tasks:
+            yield _encode_chunk(task)
+        return
+    # fork shares the already-imported modules (TensorFlow is imported by the package);
+    # workers use only numpy, Pillow, protobuf and TF's synchronous record writer.
+    context = multiprocessing.get_context("fork")
+    pool = []
+    try:
+        for _ in range(workers):
+            pool.append(_Worker(context, os.getpid(), source, num_levels, level_names, pool))
+        idle, busy = list(pool), {}
+        done, first_items = {}, {}
+        sent = appended = 0
+        exhausted = False
+        while True:
+            while idle and not exhausted and sent - appended < 4 * workers:
+                try:
+                    prefix, chunk = next(tasks)
+                except StopIteration:
+                    exhausted = True
+                    break
+                worker = idle.pop()
+                worker.task = sent
+                first_items[sent] = chunk
+                busy[worker.conn] = worker
+                worker.conn.send_bytes(_pack(prefix, chunk))
+                sent += 1
+            while appended in done:
+                yield done.pop(appended)
+                first_items.pop(appended, None)
+                appended += 1
+            if exhausted and not busy and not done:
+                return
+            sentinels = {worker.process.sentinel: worker for worker in pool}
+            ready = multiprocessing.connection.wait(list(busy) + list(sentinels), timeout=5.0)
+            for handle in sorted(ready, key=lambda h: h not in busy):  # replies before deaths
+                if handle in busy:
+                    worker = busy[handle]
+                    try:
+                        reply = json.loads(handle.recv_bytes())
+                    except (EOFError, OSError):
+                        worker.process.join(1)
+                        raise DatasetError(
+                            f"worker process {worker.process.pid} {worker.death()} while encoding "
+                            f"{_describe_chunk(first_items[worker.task])}") from None
+                    if "error" in reply:
+                        raise DatasetError(reply["error"])
+                    del busy[handle]
+                    done[worker.task] = reply
+                    idle.append(worker)
+                elif sentinels[handle].conn not in busy or not sentinels[handle].conn.poll():
+                    worker = sentinels[handle]
+                    worker.process.join(1)
+                    what = ("" if worker.task is None or worker.conn not in busy else
+                            f" while encoding {_describe_chunk(first_items[worker.task])}")
+                    raise DatasetError(f"worker process {worker.process.pid} {worker.death()}{what}")
+    finally:
+        _stop(pool)
+
+
+def _stop(pool):
+    """End every worker within about a second: they only ever write into the staging folder."""
+    for worker in pool:
+        if worker.process.is_alive():
+            try:
+                os.kill(worker.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for worker in pool:
+        worker.process.join(2)
+        worker.conn.close()
+
+
+def default_workers():
+    """All cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 class Progress:
@@ -99,55 +394,202 @@ class Progress:
             self.bar.close()
 
 
-def default_workers():
-    """All cores this process may use."""
+# -- what OUT may be ------------------------------------------------------------------------
+
+
+def _dataset_files(directory):
+    """The files of a data set this tool wrote in ``directory``, or None if it holds anything
+    else (or has no readable dataset.json of ours)."""
+    manifest_path = directory / MANIFEST_NAME
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        return None
+    ours = {MANIFEST_NAME, MANIFEST_NAME + ".partial", STAGING_MARKER}
+    ours.update(level.get("file", "") for level in manifest.get("levels", [])
+                if isinstance(level, dict))
+    files = []
+    for path in directory.iterdir():
+        match = LEVEL_FILE_PATTERN.match(path.name)
+        if path.is_dir() or path.is_symlink() or not (
+                path.name in ours or (match and match["name"] == manifest.get("name"))):
+            return None
+        files.append(path)
+    return files
 
 
-def _pool(workers, source, num_levels, level_names):
-    # fork shares the already-imported modules (TensorFlow is imported by the package);
-    # workers use only numpy, Pillow, protobuf and TF's synchronous record writer.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    return context.Pool(workers, initializer=_init_worker,
-                        initargs=(source, num_levels, level_names))
+def _foreign_entry(directory):
+    """An entry of ``directory`` that is not part of its data set (for messages)."""
+    manifest = {}
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        pass
+    listed = {MANIFEST_NAME} | {level.get("file") for level in manifest.get("levels", [])
+                                if isinstance(level, dict)}
+    for path in sorted(directory.iterdir()):
+        if path.name not in listed:
+            return path
+    return directory
 
 
-def _chunks(items, size, window):
-    """Lists of ``size`` items; waits while ``window`` (a semaphore) is exhausted, so at
-    most that many chunks are in flight (bounded memory)."""
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            window.acquire()
-            yield chunk
-            chunk = []
-    if chunk:
-        window.acquire()
-        yield chunk
+def check_out(out_dir, source=None, overwrite=False):
+    """Refuse an OUT that is not ours to write; raises DatasetError with one line.
 
-
-def _encoded_chunks(source, num_levels, level_names, workers, chunk_dir):
-    """Results of _encode_chunk in record order: (chunk file prefix, written, skipped)."""
-    size = CHUNK_SIZE if source.count is None else max(1, min(CHUNK_SIZE, source.count // (4 * workers)))
-    window = threading.Semaphore(4 * workers)
-    tasks = ((f"{chunk_dir / 'chunk'}{index:08d}", chunk)
-             for index, chunk in enumerate(_chunks(source.items(), size, window)))
-    if workers <= 1:
-        _init_worker(source, num_levels, level_names)
-        results = map(_encode_chunk, tasks)
-        for result in results:
-            yield result
-            window.release()
+    OUT may not exist, may be an empty folder (with ``overwrite``), or may be a data set
+    this tool wrote (``dataset.json`` and its level files only; with ``overwrite``). A file,
+    a non-empty folder of anything else, the input, a folder holding the input, or a
+    folder inside a scanned input folder is refused whatever ``overwrite`` says.
+    """
+    out_dir = Path(out_dir)
+    resolved = out_dir.resolve()
+    for path, scanned in (source.input_paths if source is not None else []):
+        path = Path(path).resolve()
+        if resolved == path:
+            raise DatasetError(f"OUT {out_dir}: is the input {path}; choose another folder")
+        if path.is_relative_to(resolved):
+            raise DatasetError(f"OUT {out_dir}: contains the input {path}; choose another folder")
+        if scanned and resolved.is_relative_to(path):
+            raise DatasetError(f"OUT {out_dir}: is inside the input folder {path}, which is "
+                               "scanned for images; choose a folder outside it")
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise DatasetError(f"OUT {out_dir}: is a file, not a data set folder; not replacing it")
+    if not out_dir.exists():
         return
-    with _pool(workers, source, num_levels, level_names) as pool:
-        for result in pool.imap(_encode_chunk, tasks):
-            yield result
-            window.release()
+    entries = list(out_dir.iterdir())
+    if not entries:
+        if not overwrite:
+            raise DatasetError(f"OUT {out_dir}: already exists; pass --overwrite to use it")
+        return
+    if (out_dir / MANIFEST_NAME).is_file() and _dataset_files(out_dir) is not None:
+        if not overwrite:
+            raise DatasetError(f"OUT {out_dir}: already exists; pass --overwrite to replace it")
+        return
+    if not (out_dir / MANIFEST_NAME).is_file():
+        raise DatasetError(f"OUT {out_dir}: exists and is not a data set written by progan-dataset "
+                           f"(no {MANIFEST_NAME}); not replacing it, choose another folder")
+    raise DatasetError(f"OUT {out_dir}: holds {_foreign_entry(out_dir).name}, which is not part of "
+                       "its data set; not replacing it, choose another folder")
+
+
+def estimate_bytes(count, resolutions, channels=3):
+    """Bytes the level files of ``count`` images at ``resolutions`` take (a close upper bound)."""
+    return count * sum(channels * r * r + RECORD_OVERHEAD for r in resolutions)
+
+
+def _check_free_space(parent, count, resolutions, out_dir):
+    if count is None:
+        return
+    needed = estimate_bytes(count, resolutions) + (1 << 20)
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise DatasetError(
+            f"OUT {out_dir}: the data set needs about {_size(needed)} ({count:,} images, levels "
+            f"{resolutions[0]}..{resolutions[-1]}) but {parent} has only {_size(free)} free")
+
+
+# -- staging folders ------------------------------------------------------------------------
+
+
+def _staging_alive(path):
+    """Whether the build that owns a staging/retired folder is still running."""
+    pid = int(path.name.rsplit("-", 1)[1])
+    try:
+        marker = json.loads((path / STAGING_MARKER).read_text())
+    except (OSError, ValueError):
+        marker = None
+    if not _pid_alive(pid):
+        return False
+    if isinstance(marker, dict) and marker.get("start") is not None:
+        return _process_start(pid) == marker["start"]  # else the pid was reused
+    return True
+
+
+def remove_stale_staging(parent, report=print):
+    """Remove ``.NAME.partial-PID`` / ``.NAME.old-PID`` folders in ``parent`` whose process is
+    gone; returns them. Only folders this tool made are touched (a marker file, or a data set
+    of ours); anything else with such a name is left alone and named."""
+    removed = []
+    parent = Path(parent)
+    if not parent.is_dir():
+        return removed
+    for path in sorted(parent.glob(".*.partial-*")) + sorted(parent.glob(".*.old-*")):
+        if not path.is_dir() or path.is_symlink() or not path.name.rsplit("-", 1)[1].isdigit():
+            continue
+        if _staging_alive(path):
+            continue
+        pid = path.name.rsplit("-", 1)[1]
+        if (path / STAGING_MARKER).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+        elif _dataset_files(path) is not None:
+            _remove_dataset(path)
+        else:
+            report(f"warning: left {path} alone: named like a staging folder but not made by "
+                   "progan-dataset")
+            continue
+        if not path.exists():
+            report(f"removed {path}, left by an earlier build (process {pid}) that is no longer running")
+            removed.append(path)
+    return removed
+
+
+def _remove_dataset(directory):
+    """Delete a data set folder of ours file by file; anything else in it stays (and the folder)."""
+    files = _dataset_files(directory)
+    if files is None:
+        return False
+    for path in files:
+        path.unlink(missing_ok=True)
+    try:
+        directory.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(first, second):
+    """Atomically swap two paths (renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE)
+    return result == 0
+
+
+def _move_into_place(staging, out_dir, report):
+    """Rename the finished staging folder to out_dir; an old data set there is swapped out
+    atomically where the kernel allows, then deleted file by file."""
+    (staging / STAGING_MARKER).unlink(missing_ok=True)
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    if not any(out_dir.iterdir()):
+        out_dir.rmdir()
+        os.replace(staging, out_dir)
+        return
+    if _dataset_files(out_dir) is None:  # changed since check_out: leave it alone
+        raise DatasetError(f"OUT {out_dir}: changed during the build and is no longer only a data "
+                           "set; not replacing it")
+    retired = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    if _exchange(staging, out_dir):
+        os.replace(staging, retired)
+    else:
+        os.replace(out_dir, retired)
+        os.replace(staging, out_dir)
+    if not _remove_dataset(retired):
+        report(f"warning: the previous data set is kept in {retired}: it held files this tool "
+               "did not write")
+
+
+# -- the build ------------------------------------------------------------------------------
 
 
 def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwrite=False,
@@ -160,17 +602,19 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
       max_resolution: highest level written (a power of two <= source.resolution);
         default the source's resolution. Lower levels are identical either way.
       workers: processes decoding in parallel; default all cores; 1 = in this process.
-      overwrite: replace an existing ``out_dir`` (only after the new one is complete).
+      overwrite: replace an existing data set of ours at ``out_dir`` (only after the new
+        one is complete); see check_out for what is never replaced.
       strict: an unreadable input is an error instead of a skipped file.
       train_count: records in the train split; default the source's rule.
       progress: show a progress bar (terminal) or tick lines (logs) on stderr; warnings
         about skipped inputs are printed either way.
+
+    Raises DatasetError (one line) for bad arguments before anything is written, and for
+    any failure during the build, after stopping the workers and removing the staging folder.
     """
     from progan import __version__
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise DatasetError(f"OUT {out_dir}: already exists; pass --overwrite to replace it")
     top = source.resolution if max_resolution is None else int(max_resolution)
     log2_resolution(top)
     if top > source.resolution:
@@ -179,50 +623,78 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     num_levels = log2_resolution(source.resolution) - MIN_LOG2 + 1
     num_written = log2_resolution(top) - MIN_LOG2 + 1
     resolutions = [top >> k for k in range(num_written)]
-    workers = default_workers() if workers is None else max(1, int(workers))
-    if train_count is not None and train_count < 0:
-        raise DatasetError(f"--train-count {train_count}: expected a count >= 0")
+    if workers is not None and int(workers) < 1:
+        raise DatasetError(f"--workers {workers}: expected 1 or more")
+    workers = default_workers() if workers is None else int(workers)
+    if train_count is not None:
+        if train_count < 0:
+            raise DatasetError(f"--train-count {train_count}: expected a count >= 0")
+        if source.count is not None and train_count > source.count:
+            raise DatasetError(f"--train-count {train_count}: the source has only "
+                               f"{source.count:,} images")
+    check_out(out_dir, source, overwrite)
     name = out_dir.name
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
+    parent = out_dir.parent
+    if not parent.exists():
+        parent.mkdir(parents=True, exist_ok=True)
     bar = Progress(source.count, f"{name}", enabled=progress)
+    remove_stale_staging(parent, bar.write)
+    _check_free_space(parent, source.count, resolutions, out_dir)
+
+    staging = parent / f".{name}.partial-{os.getpid()}"
+    if staging.exists():  # ours: this very process made it and failed to remove it
+        shutil.rmtree(staging)
     level_names = [level_filename(name, r) for r in resolutions]
+    current = staging
+    image_count, skipped, notes = 0, [], []
     try:
+        staging.mkdir()
+        (staging / STAGING_MARKER).write_text(json.dumps(
+            {"pid": os.getpid(), "start": _process_start(os.getpid())}) + "\n")
         chunk_dir = staging / "chunks"
         chunk_dir.mkdir()
-        image_count, skipped = 0, []
         outputs = [open(staging / level_name, "wb") for level_name in level_names]
         digests = [hashlib.sha256() for _ in level_names]  # hashed while the workers run
+        chunks = _encoded_chunks(source, num_levels, level_names, workers, chunk_dir)
         try:
-            for prefix, written, chunk_skipped in _encoded_chunks(
-                    source, num_levels, level_names, workers, chunk_dir):
+            for reply in chunks:
+                chunk_skipped = reply["skipped"]
                 if chunk_skipped and strict:
-                    raise DatasetError(f"{chunk_skipped[0]} (--strict)")
+                    raise DatasetError(f"{chunk_skipped[0]} (--strict stops at the first unreadable input)")
                 for message in chunk_skipped:
                     bar.write(f"warning: skipped {message}")
                 skipped.extend(chunk_skipped)
+                notes.extend(reply["notes"])
                 # Records are self-delimiting: a level file is its chunks' files in order.
                 for output, digest, level_name in zip(outputs, digests, level_names):
-                    part = Path(f"{prefix}-{level_name}")
+                    part = Path(f"{reply['prefix']}-{level_name}")
+                    current = part
                     records = part.read_bytes()
                     digest.update(records)
+                    current = staging / level_name
                     output.write(records)
                     part.unlink()
-                image_count += written
-                bar.update(written + len(chunk_skipped))
+                image_count += reply["written"]
+                bar.update(reply["written"] + len(chunk_skipped))
+            current = staging
         finally:
+            chunks.close()  # stops the workers
             for output in outputs:
-                output.close()
+                try:
+                    output.close()
+                except OSError:
+                    pass
         chunk_dir.rmdir()
         if image_count == 0:
-            raise DatasetError(f"{source.description.get('path', name)}: no readable images")
+            raise DatasetError(f"{source.description.get('path', name)}: no readable images "
+                               f"({len(skipped)} skipped)")
         train = source.default_train_count(image_count) if train_count is None else int(train_count)
         if not 0 <= train <= image_count:
-            raise DatasetError(f"--train-count {train}: expected 0..{image_count}")
+            raise DatasetError(f"--train-count {train}: only {image_count:,} images were readable "
+                               f"({len(skipped)} skipped); expected 0..{image_count}")
+        summary = _summarize_notes(notes, source.resolution)
+        for line in summary.values():
+            bar.write(f"note: {line['message']}")
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -239,31 +711,46 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
             "test_count": image_count - train,
             "skipped_count": len(skipped),
             "skipped": [_skip_entry(reason) for reason in skipped],
+            "notes": {kind: {"count": line["count"], "example": line["example"]}
+                      for kind, line in summary.items()},
             "levels": [{"file": level_name, "resolution": resolution, "records": image_count,
                         "bytes": (staging / level_name).stat().st_size, "sha256": digest.hexdigest()}
                        for level_name, resolution, digest in zip(level_names, resolutions, digests)],
         }
+        current = staging / MANIFEST_NAME
         write_manifest(staging, manifest)
-        _move_into_place(staging, out_dir)
-    except BaseException:
+        current = out_dir
+        _move_into_place(staging, out_dir, bar.write)
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, (OSError, DatasetError)) or type(error).__module__.startswith("tensorflow"):
+            line = _error_line(error, str(current))
+            if "no space left on device" in line:
+                needed = estimate_bytes(source.count or image_count, resolutions)
+                line = (f"OUT {out_dir}: no space left on device in {parent} while writing the data "
+                        f"set (it needs about {_size(needed)}); the partial data set was removed")
+            if isinstance(error, DatasetError) and line == str(error):
+                raise
+            raise DatasetError(line) from None
         raise
     finally:
         bar.close()
     return manifest
 
 
-def _skip_entry(message):
-    file, _, reason = message.partition(": ")
-    return {"file": file, "reason": reason}
-
-
-def _move_into_place(staging, out_dir):
-    """Rename the finished staging directory to out_dir, replacing an old one last."""
-    if out_dir.exists():
-        retired = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, retired)
-        os.replace(staging, out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, out_dir)
+def _summarize_notes(notes, resolution):
+    """{kind: {count, example, message}} of the notes of all images."""
+    summary = {}
+    for kind, name, detail in notes:
+        entry = summary.setdefault(kind, {"count": 0, "example": f"{name} ({detail})"})
+        entry["count"] += 1
+    for kind, entry in summary.items():
+        if kind == "enlarged":
+            entry["message"] = (f"enlarged {entry['count']} images smaller than {resolution}x"
+                                f"{resolution} (e.g. {entry['example']})")
+        elif kind == "16-bit converted":
+            entry["message"] = (f"{entry['count']} 16-bit images converted to 8 bits "
+                                f"(e.g. {entry['example']})")
+        else:
+            entry["message"] = f"{kind}: {entry['count']} images (e.g. {entry['example']})"
+    return summary
