@@ -56,6 +56,10 @@ class RunError(RuntimeError):
     """A run directory cannot be used as asked; the message names the file or flag."""
 
 
+class FormatError(RunError):
+    """A file was written by a newer progan (not damage: nothing falls back from it)."""
+
+
 def write_json_atomic(path: Path, data) -> None:
     """Write JSON to ``path`` so that readers see the old or the new file, never a part."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -173,7 +177,7 @@ class Snapshot:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise RunError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
         if version > CHECKPOINT_FORMAT:
-            raise RunError(f"{self.path}: snapshot format {version} is newer than this progan "
+            raise FormatError(f"{self.path}: snapshot format {version} is newer than this progan "
                            f"({__version__} reads up to {CHECKPOINT_FORMAT}); upgrade progan")
         if version < 1:
             raise RunError(f"{path}: unknown snapshot format {version}")
@@ -240,7 +244,7 @@ class RunDir:
             raise RunError(f"{file}: expected a JSON object, got {type(data).__name__}")
         version = data.get("format_version", 0)  # progan 0.1.0 wrote none
         if not isinstance(version, int) or version > RUN_FORMAT:
-            raise RunError(f"{file}: format_version {version!r} is not one this progan "
+            raise FormatError(f"{file}: format_version {version!r} is not one this progan "
                            f"({__version__}) reads (0 to {RUN_FORMAT}); upgrade progan")
         for key in ("config", "data"):
             if key not in data:

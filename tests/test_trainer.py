@@ -389,3 +389,13 @@ def test_runs_written_by_earlier_versions_resume(tmp_path, tiny_dataset, version
     trainer.run_iterations(1)  # the restored optimiser state trains on
     assert int(trainer.skipped_steps.numpy()) == 0
     assert any(not np.array_equal(v.numpy(), b) for v, b in zip(trainer.discriminator_variables, before))
+
+
+def test_a_snapshot_from_a_newer_progan_is_an_error_not_damage(tmp_path, finished_run):
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    newest = RunDir(run_dir).snapshots("full")[-1]
+    info = json.loads((newest.path / "snapshot.json").read_text())
+    (newest.path / "snapshot.json").write_text(json.dumps({**info, "format_version": 9}))
+    with pytest.raises(training.RunError, match="snapshot format 9 is newer than this progan"):
+        training.resume(run_dir)
+    assert newest.path.is_dir()  # left as it is, for the newer progan

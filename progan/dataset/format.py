@@ -85,7 +85,10 @@ def serialize_example(image_chw):
         "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=image_chw.shape)),
         "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_chw.tobytes()])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map entries in key order, so the same images always give the same bytes
+    # (protobuf's default order can change from process to process)
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 def file_sha256(path, chunk_size=1 << 20):

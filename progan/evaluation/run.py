@@ -270,6 +270,8 @@ def evaluate_run(run_dir: Path, metrics=("swd",), num_images: int = 2048,
     """Evaluate the snapshots named by ``snapshots`` (``latest``, ``all``, ``best[:metric]``,
     ``KIMG[,KIMG...]``), oldest first. Returns every record written."""
     chosen = RunDir(run_dir).select(snapshots, flag="--snapshots")
+    log(f"evaluating {len(chosen)} snapshot(s) at kimg "
+        + ", ".join(f"{seen / 1000:g}" for seen in chosen))
     evaluator = SnapshotEvaluator(run_dir, metrics, num_images, split, seed, feature_extractor, log)
     records = []
     for number, images_seen in enumerate(chosen, 1):

@@ -32,7 +32,7 @@ from progan.config import Config
 from progan.layers import downscale2d, upscale2d
 from progan.losses import discriminator_loss, generator_loss
 from progan.networks import ProGAN
-from progan.run import RunDir, RunError, RunInfo, data_fingerprint
+from progan.run import FormatError, RunDir, RunError, RunInfo, data_fingerprint
 from progan.training import distribute, state
 from progan.training.report import Reporter, image_grid, plot_curves, save_png, to_uint8
 from progan.training.schedule import Schedule, Stage
@@ -371,6 +371,8 @@ class Trainer:
         for snapshot in reversed(snapshots):
             try:
                 state.read_snapshot(snapshot, self.readable_formats)
+            except FormatError:
+                raise
             except RunError as error:
                 moved = run.set_aside(snapshot) if self.chief else snapshot.path
                 self.reporter.warn(f"warning: {error}; set aside as {moved.name}, "
