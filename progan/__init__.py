@@ -1,36 +1,33 @@
-"""progan: Progressive Growing of GANs for TensorFlow 2 / Keras 3."""
+"""progan: Progressive Growing of GANs for TensorFlow 2 / Keras 3.
+
+    import progan
+    networks = progan.ProGAN(progan.load_config("demo").model)
+    progan.RunDir("runs/demo").select_one("best")
+
+Importing the package is instant: TensorFlow loads when a name that needs it is first used.
+"""
+
+from progan.errors import ProganError
 
 __version__ = "0.2.0"
 
+# public name -> module that defines it (imported on first use, PEP 562)
+_PUBLIC = {
+    "Config": "progan.config", "ConfigError": "progan.config", "load_config": "progan.config",
+    "PRESETS": "progan.config",
+    "RunDir": "progan.run", "RunError": "progan.run",
+    "ProGAN": "progan.networks",
+    "Schedule": "progan.training.schedule",
+    "load_generator": "progan.generate", "generate": "progan.generate",
+    "interpolate": "progan.generate", "export": "progan.generate",
+}
 
-def _check_backend():
-    """Fail at import with one clear line on an unsupported Keras/TensorFlow."""
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ chatter; real failures raise in Python
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend != "tensorflow":
-        raise ImportError(
-            f"progan needs the TensorFlow Keras backend, but KERAS_BACKEND={backend!r}; "
-            "unset it or set KERAS_BACKEND=tensorflow")
-    try:
-        import tensorflow as tf
-    except ImportError as error:
-        raise ImportError(
-            "progan needs TensorFlow >= 2.16: pip install 'progan[tf]' "
-            "(or [cpu] for tensorflow-cpu, [gpu] for tensorflow[and-cuda])") from error
-    import keras
-
-    if int(keras.__version__.split(".")[0]) < 3:
-        raise ImportError(
-            f"progan needs Keras 3, found keras {keras.__version__}; pip install 'keras>=3'")
-    if keras.backend.backend() != "tensorflow":
-        raise ImportError(
-            f"progan needs the TensorFlow Keras backend, found {keras.backend.backend()!r}; "
-            "set KERAS_BACKEND=tensorflow")
-    major, minor = (int(part) for part in tf.__version__.split(".")[:2])
-    if (major, minor) < (2, 16):
-        raise ImportError(f"progan needs TensorFlow >= 2.16, found {tf.__version__}")
+__all__ = ["ProganError", "__version__", *_PUBLIC]
 
 
-_check_backend()
+def __getattr__(name):
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'progan' has no attribute {name!r}")

@@ -222,8 +222,11 @@ def _run_bench(args, parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from progan import __version__
+
     parser = argparse.ArgumentParser(
         prog="progan", description="Progressive Growing of GANs for TensorFlow 2 / Keras 3")
+    parser.add_argument("--version", action="version", version=f"progan {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     from progan.evaluation import cli as evaluation_cli
 
@@ -237,15 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import progan.backend  # noqa: F401  every command computes: TensorFlow, checked and quiet
     from progan.config import ConfigError
-    from progan.dataset.format import DatasetError
-    from progan.evaluation.run import EvaluationError
-    from progan.run import RunError
-    from progan.training.distribute import DistributeError
+    from progan.errors import ProganError
 
     try:
         result = args.run(args, parser)
-    except (ConfigError, DatasetError, EvaluationError, RunError, DistributeError) as error:
+    except (ProganError, ConfigError) as error:
         parser.exit(2, f"progan {args.command}: error: {error}\n")
     return int(result or 0)
 

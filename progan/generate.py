@@ -20,10 +20,9 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
-import keras
 import numpy as np
-import tensorflow as tf
 
+from progan.backend import keras, tf
 from progan.config import Config
 from progan.networks import ProGAN
 from progan.training.report import to_uint8

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
-import keras
-import tensorflow as tf
+from progan.backend import keras, tf
+
 
 SQRT2 = math.sqrt(2.0)
 

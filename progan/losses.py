@@ -15,8 +15,7 @@ minimised) and its terms for the log. Each generator loss maps fake scores ``[N,
 
 from __future__ import annotations
 
-import tensorflow as tf
-
+from progan.backend import tf
 from progan.config import LossConfig
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from progan import __version__
 from progan.config import Config
+from progan.errors import ProganError
 
 RUN_FORMAT = 1            # config.json
 CHECKPOINT_FORMAT = 2     # snapshot folders; 1 = progan 0.1.0 (positional keys)
@@ -52,7 +53,7 @@ KINDS = {"full": "snapshot-", "network": "network-"}
 TEMPORARY = ".tmp-"
 
 
-class RunError(RuntimeError):
+class RunError(ProganError, RuntimeError):
     """A run directory cannot be used as asked; the message names the file or flag."""
 
 

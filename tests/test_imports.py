@@ -73,3 +73,17 @@ def test_only_the_command_line_drives_the_trainer():
 def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_package_and_help_load_no_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, progan, progan.run, progan.config, progan.cli\n"
+            "progan.cli.build_parser().format_help()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+    version = subprocess.run([sys.executable, "-m", "progan", "--version"], capture_output=True,
+                             text=True, cwd=REPO)
+    assert version.stdout.strip() == f"progan {__import__('progan').__version__}"

@@ -41,6 +41,8 @@ import os
 import re
 from pathlib import Path
 
+from progan.errors import ProganError
+
 FORMAT_NAME = "progan-dataset"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "dataset.json"
@@ -48,7 +50,7 @@ MIN_LOG2 = 2
 LEVEL_FILE_PATTERN = re.compile(r"^(?P<name>.+)-r(?P<log2>\d{2})\.tfrecords$")
 
 
-class DatasetError(Exception):
+class DatasetError(ProganError):
     """Bad input or a dataset that cannot be used; the message is one line for the user."""
 
 

@@ -1,17 +1,28 @@
 """The paper's metrics on uint8 NHWC NumPy images: SWD, MS-SSIM, FID, KID, Inception Score.
 
-    from progan.evaluation import swd, ms_ssim, fid, kid, inception_score
+    from progan.evaluation import ms_ssim, fid, kid, inception_score
+    from progan.evaluation.swd import swd      # (progan.evaluation.swd is the module)
+
+The names load their modules (and TensorFlow) on first use, so importing the package is cheap.
 """
 
-from progan.evaluation.features import (FeatureExtractor, InceptionGraph2015, KerasInceptionV3,
-                                        RandomConvFeatures)
-from progan.evaluation.frechet import (FeatureStatistics, cached_statistics, fid,
-                                       frechet_distance, inception_score, kid)
-from progan.evaluation.msssim import MS_SSIM_WEIGHTS, ms_ssim
-from progan.evaluation.swd import sample_swd_protocol, swd, swd_from_sampling
+_PUBLIC = {
+    "FeatureExtractor": "features", "InceptionGraph2015": "features",
+    "KerasInceptionV3": "features", "RandomConvFeatures": "features",
+    "FeatureStatistics": "frechet", "cached_statistics": "frechet", "fid": "frechet",
+    "frechet_distance": "frechet", "inception_score": "frechet", "kid": "frechet",
+    "MS_SSIM_WEIGHTS": "msssim", "ms_ssim": "msssim",
+    "sample_swd_protocol": "swd", "swd_from_sampling": "swd",
+}
 
-__all__ = [
-    "FeatureExtractor", "FeatureStatistics", "InceptionGraph2015", "KerasInceptionV3",
-    "MS_SSIM_WEIGHTS", "RandomConvFeatures", "cached_statistics", "fid", "frechet_distance",
-    "inception_score", "kid", "ms_ssim", "sample_swd_protocol", "swd", "swd_from_sampling",
-]
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        import importlib
+
+        value = getattr(importlib.import_module(f"progan.evaluation.{_PUBLIC[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'progan.evaluation' has no attribute {name!r}")

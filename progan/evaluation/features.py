@@ -17,8 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 import tqdm
+
+from progan.backend import tf
 
 
 class FeatureExtractor:

@@ -20,8 +20,9 @@ before averaging the channels. So the protocol is written here in TensorFlow (fl
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 import tqdm
+
+from progan.backend import tf
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 

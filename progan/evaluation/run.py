@@ -37,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from progan.errors import ProganError
 from progan.run import RunDir
 
 METRICS = ("swd", "msssim", "fid", "kid")
@@ -46,7 +47,7 @@ PLOT_FILE = "metrics.png"
 MSSSIM_MIN_RESOLUTION = 16
 
 
-class EvaluationError(ValueError):
+class EvaluationError(ProganError, ValueError):
     """Impossible evaluation settings; the message names the flag and what was expected."""
 
 

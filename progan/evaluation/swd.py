@@ -33,8 +33,9 @@ import concurrent.futures
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
 import tqdm
+
+from progan.backend import tf
 
 BINOMIAL_TAPS = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
 LOWEST_RESOLUTION = 16

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
+from progan.backend import tf
 from progan.config import Config
 from progan.layers import EqualizedConv2D, EqualizedDense
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 
-import tensorflow as tf
+from progan.backend import tf
+from progan.errors import ProganError
 
 
-class DistributeError(RuntimeError):
+
+class DistributeError(ProganError, RuntimeError):
     """The requested strategy cannot run here."""
 
 

@@ -17,8 +17,7 @@ read through `legacy_checkpoint`, which lists the variables in that version's or
 
 from __future__ import annotations
 
-import tensorflow as tf
-
+from progan.backend import tf
 from progan.run import RunError, Snapshot
 
 

@@ -24,10 +24,9 @@ import signal
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
 
+from progan.backend import keras, tf
 from progan.config import Config
 from progan.layers import downscale2d, upscale2d
 from progan.losses import discriminator_loss, generator_loss
