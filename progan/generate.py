@@ -4,13 +4,13 @@ Images always come from the moving-average (EMA) generator of a snapshot, at the
 schedule was in when the snapshot was written (its resolution and fade-in alpha):
 
     loaded = load_generator("runs/demo", "latest")      # or "best", "best:swd", "120" (kimg)
-    images = generate(loaded.model, num=64, seed=0)     # uint8 [64, R, R, C]
+    images = generate(loaded.model, seeds=range(64))    # uint8 [64, R, R, C]
     frames = interpolate(loaded.model, seeds=[1, 2, 3], steps=30)
     export("runs/demo", "exported/")                    # SavedModel + generator.keras
 
-Latents are drawn from ``numpy.random.default_rng(seed)``; image ``i`` of ``generate(num,
-seed)`` is the ``i``-th latent of that stream, so ``generate(1, seed=s)`` is the face that
-``interpolate`` starts from for seed ``s``.
+Image ``i`` is drawn from the latent of ``seeds[i]`` (`progan.images.seed_latents`), the same
+convention as the training grids, so ``generate(model, [s])`` is the face that ``interpolate``
+starts from for seed ``s`` and the face at seed ``s`` of every ``fakes*.png``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from progan.backend import keras, tf
 from progan.config import Config
 from progan.networks import ProGAN
-from progan.training.report import to_uint8
+from progan.images import enlarge, seed_latents, to_uint8
 from progan.training.schedule import Schedule, Stage
 from progan.run import RunDir
 from progan.training.state import read_ema
@@ -82,27 +82,6 @@ def load_snapshot(run_dir: Path | RunDir, images_seen: int, config: Config,
                            images_seen)
 
 
-def sample_latents(num: int, latent_size: int, seed: int,
-                   truncation: float | None = None) -> np.ndarray:
-    """float32 [num, latent_size] standard-normal latents from ``default_rng(seed)``.
-
-    ``truncation``: the truncation trick as the thesis used it: every latent component
-    whose magnitude exceeds ``truncation`` is drawn again (from the same stream) until all
-    lie in ``[-truncation, truncation]``, i.e. a normal truncated at +-``truncation``.
-    Smaller thresholds give more typical, less varied images.
-    """
-    if truncation is not None and truncation <= 0:
-        raise ValueError(f"--truncation {truncation}: expected a positive threshold")
-    rng = np.random.default_rng(seed)
-    latents = rng.standard_normal((num, latent_size))
-    if truncation is not None:
-        outside = np.abs(latents) > truncation
-        while outside.any():
-            latents[outside] = rng.standard_normal(int(outside.sum()))
-            outside = np.abs(latents) > truncation
-    return latents.astype(np.float32)
-
-
 def images_from_latents(model: keras.Model, latents: np.ndarray,
                         batch_size: int = 64) -> np.ndarray:
     """uint8 [N, R, R, C] images of a generator for float32 latents [N, latent_size]."""
@@ -111,12 +90,13 @@ def images_from_latents(model: keras.Model, latents: np.ndarray,
     return np.concatenate(batches)
 
 
-def generate(model: keras.Model, num: int, seed: int = 0, truncation: float | None = None,
+def generate(model: keras.Model, seeds, truncation: float | None = None,
              batch_size: int = 64) -> np.ndarray:
-    """``num`` uint8 [num, R, R, C] images from the latents of ``sample_latents(num, ..., seed)``."""
-    if num < 1:
-        raise ValueError(f"--num {num}: expected a positive number of images")
-    latents = sample_latents(num, model.input_shape[-1], seed, truncation)
+    """uint8 [len(seeds), R, R, C]: image i from the latent of ``seeds[i]``."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("--seeds: expected at least one seed")
+    latents = seed_latents(seeds, model.input_shape[-1], truncation)
     return images_from_latents(model, latents, batch_size)
 
 
@@ -144,7 +124,7 @@ def interpolation_latents(seeds: list[int], latent_size: int, steps: int,
     if len(seeds) < 2 or steps < 1:
         raise ValueError(f"--seeds {','.join(map(str, seeds))} --steps {steps}: expected at least "
                          f"two seeds and at least one step")
-    keys = [sample_latents(1, latent_size, seed, truncation)[0] for seed in seeds]
+    keys = seed_latents(seeds, latent_size, truncation)
     fractions = np.arange(steps) / steps
     path = [slerp(a, b, fractions) for a, b in zip(keys[:-1], keys[1:])]
     return np.concatenate(path + [keys[-1][None]]).astype(np.float32)
@@ -155,13 +135,6 @@ def interpolate(model: keras.Model, seeds: list[int], steps: int = 30,
     """uint8 frames [steps * (len(seeds) - 1) + 1, R, R, C] of a walk through the seeds' latents."""
     latents = interpolation_latents(seeds, model.input_shape[-1], steps, truncation)
     return images_from_latents(model, latents, batch_size)
-
-
-def enlarge(images: np.ndarray, min_size: int) -> np.ndarray:
-    """Nearest-neighbour enlargement of uint8 [..., H, W, C] by the smallest integer factor
-    that makes the larger side at least ``min_size``."""
-    factor = max(1, int(np.ceil(min_size / max(images.shape[-3:-1]))))
-    return images.repeat(factor, axis=-3).repeat(factor, axis=-2)
 
 
 def save_animation(path: Path, frames: np.ndarray, fps: float = 24.0, min_size: int = 256) -> Path:

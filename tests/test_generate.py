@@ -12,6 +12,7 @@ from run_fixtures import command_parser, tiny_run  # noqa: F401  (fixture)
 
 from progan import generate as gen
 from progan.evaluation import cli
+from progan.images import format_seeds, parse_seeds, seed_latents
 from progan.run import RunDir, RunError
 
 
@@ -52,33 +53,51 @@ def test_load_generator_restores_the_ema_weights_and_the_stage_alpha(tiny_run):
         gen.load_snapshot(tiny_run, 12, loaded.config)
 
 
-def test_generate_is_seeded_and_truncation_resamples_large_components():
-    latents = gen.sample_latents(4, 16, seed=5)
-    assert latents.dtype == np.float32
-    np.testing.assert_array_equal(
-        latents, np.random.default_rng(5).standard_normal((4, 16)).astype(np.float32))
-    assert not np.array_equal(latents, gen.sample_latents(4, 16, seed=6))
+def test_latents_are_one_per_seed_and_truncation_resamples_large_components():
+    latents = seed_latents([5, 6, 5], 16)
+    assert latents.dtype == np.float32 and latents.shape == (3, 16)
+    np.testing.assert_array_equal(latents[0], np.random.RandomState(5).standard_normal(16).astype(np.float32))
+    np.testing.assert_array_equal(latents[2], latents[0])  # a seed's latent does not depend on its row
+    assert not np.array_equal(latents[0], latents[1])
+    assert parse_seeds("0-3, 7,5-5") == [0, 1, 2, 3, 7, 5] and format_seeds(range(36)) == "0-35"
+    assert format_seeds([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    for bad in ("", "3-1", "a", "-2"):
+        with pytest.raises(ValueError, match="expected seeds like 0-7,12"):
+            parse_seeds(bad)
 
-    truncated = gen.sample_latents(4000, 16, seed=5, truncation=1.0).astype(np.float64)
+    seeds = range(4000)
+    truncated = seed_latents(seeds, 16, truncation=1.0).astype(np.float64)
     assert np.abs(truncated).max() <= 1.0
     # components already inside the threshold on the first draw are kept as drawn
-    first = np.random.default_rng(5).standard_normal((4000, 16))
+    first = seed_latents(seeds, 16).astype(np.float64)
     inside = np.abs(first) <= 1.0
-    np.testing.assert_array_equal(truncated[inside], first[inside].astype(np.float32))
+    np.testing.assert_array_equal(truncated[inside], first[inside])
     # redrawing until inside gives a normal truncated at +-1
     statistic = scipy.stats.kstest(truncated.ravel(), scipy.stats.truncnorm(-1.0, 1.0).cdf)
     assert statistic.pvalue > 1e-3
     with pytest.raises(ValueError, match="--truncation"):
-        gen.sample_latents(1, 16, 0, truncation=0.0)
+        seed_latents([0], 16, truncation=0.0)
 
 
 def test_generate_images(tiny_run):
     model = gen.load_generator(tiny_run).model
-    images = gen.generate(model, 5, seed=3, batch_size=2)
+    images = gen.generate(model, [3, 4, 5, 6, 7], batch_size=2)
     assert images.dtype == np.uint8 and images.shape == (5, 8, 8, 3)
-    expected = np.clip(np.rint((model(gen.sample_latents(5, 16, 3)).numpy() + 1) * 127.5), 0, 255)
+    expected = np.clip(np.rint((model(seed_latents([3, 4, 5, 6, 7], 16)).numpy() + 1) * 127.5), 0, 255)
     np.testing.assert_array_equal(images, expected.astype(np.uint8))
-    np.testing.assert_array_equal(gen.generate(model, 1, seed=3)[0], images[0])
+    np.testing.assert_array_equal(gen.generate(model, [3])[0], images[0])
+
+
+def test_the_training_grid_is_drawn_again_by_its_seeds(tiny_run, tmp_path):
+    """fakes<kimg>.png shows seeds 0..N-1; `progan generate --seeds 0-3` draws the same faces."""
+    parser = command_parser(cli.add_generate)
+    args = parser.parse_args(["generate", str(tiny_run), "--seeds", "0-3", "--snapshot", "0.304",
+                              "--out", str(tmp_path / "again.png")])
+    args.run(args, parser)
+    # TINY_CONFIG: grid_size 2, 8x8 images enlarged x16 to 256 pixels
+    with Image.open(tiny_run / "fakes00000.304.png") as seen, Image.open(tmp_path / "again.png") as again:
+        np.testing.assert_array_equal(np.asarray(again), np.asarray(seen))
+    assert "fakes*.png show seeds 0-3" in (tiny_run / "log.txt").read_text()
 
 
 def reference_slerp(a, b, t):
@@ -108,11 +127,11 @@ def test_interpolate_walks_from_seed_to_seed_and_writes_a_gif(tiny_run, tmp_path
     model = gen.load_generator(tiny_run).model
     latents = gen.interpolation_latents([1, 2, 3], 16, steps=4)
     assert latents.shape == (9, 16)
-    np.testing.assert_array_equal(latents[4], gen.sample_latents(1, 16, 2)[0])
+    np.testing.assert_array_equal(latents[4], seed_latents([2], 16)[0])
     frames = gen.interpolate(model, [1, 2, 3], steps=4)
     assert frames.shape == (9, 8, 8, 3)
-    np.testing.assert_array_equal(frames[0], gen.generate(model, 1, seed=1)[0])
-    np.testing.assert_array_equal(frames[-1], gen.generate(model, 1, seed=3)[0])
+    np.testing.assert_array_equal(frames[0], gen.generate(model, [1])[0])
+    np.testing.assert_array_equal(frames[-1], gen.generate(model, [3])[0])
 
     parser = command_parser(cli.add_interpolate)
     args = parser.parse_args(["interpolate", str(tiny_run), "--seeds", "1,2,3", "--steps", "4",
@@ -125,8 +144,9 @@ def test_interpolate_walks_from_seed_to_seed_and_writes_a_gif(tiny_run, tmp_path
     # GIF palettes quantise colours; the frame is still the seed-1 image
     assert np.abs(first.astype(int) - frames[0]).mean() < 8
 
+    args = parser.parse_args(["interpolate", str(tiny_run), "--seeds", "1", "--out", "x.gif"])
     with pytest.raises(SystemExit):
-        parser.parse_args(["interpolate", str(tiny_run), "--seeds", "1", "--out", "x.gif"])
+        args.run(args, parser)
     args = parser.parse_args(["interpolate", str(tiny_run), "--steps", "2",
                               "--out", str(tmp_path / "walk.mp4")])
     try:
@@ -141,19 +161,19 @@ def test_interpolate_walks_from_seed_to_seed_and_writes_a_gif(tiny_run, tmp_path
 
 def test_generate_command_writes_a_grid_or_a_folder(tiny_run, tmp_path, capsys):
     parser = command_parser(cli.add_generate)
-    args = parser.parse_args(["generate", str(tiny_run), "--num", "6", "--seed", "2",
+    args = parser.parse_args(["generate", str(tiny_run), "--seeds", "2-7",
                               "--truncation", "1.5", "--out", str(tmp_path / "grid.png")])
     args.run(args, parser)
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.size == (3 * 8 * 11, 2 * 8 * 11)  # 3x2 grid of 8x8, enlarged to >= 256
 
-    args = parser.parse_args(["generate", str(tiny_run), "--num", "3", "--snapshot", "0.304",
+    args = parser.parse_args(["generate", str(tiny_run), "--seeds", "0-1,12", "--snapshot", "0.304",
                               "--out", str(tmp_path / "images")])
     args.run(args, parser)
     files = sorted((tmp_path / "images").iterdir())
-    assert [f.name for f in files] == ["seed0-00000.png", "seed0-00001.png", "seed0-00002.png"]
+    assert [f.name for f in files] == ["seed0000.png", "seed0001.png", "seed0012.png"]
     model = gen.load_generator(tiny_run, "0.304").model
-    np.testing.assert_array_equal(np.asarray(Image.open(files[2])), gen.generate(model, 3, 0)[2])
+    np.testing.assert_array_equal(np.asarray(Image.open(files[2])), gen.generate(model, [12])[0])
 
     args = parser.parse_args(["generate", str(tiny_run), "--out", str(tmp_path / "grid.jpg")])
     with pytest.raises(SystemExit):
@@ -184,7 +204,7 @@ def test_export_reloads_without_progan_and_as_keras(tiny_run, tmp_path):
         pytest.approx(0.52)
     assert description["resolution"] == 8 and description["fading"]
     loaded = gen.load_generator(tiny_run, "0.304")
-    latents = gen.sample_latents(5, 16, seed=9)
+    latents = seed_latents(range(9, 14), 16)
     np.save(tmp_path / "latents.npy", latents)
 
     result = subprocess.run(

@@ -55,7 +55,7 @@ def add_evaluate(subparsers):
     parser.add_argument("--split", choices=("test", "train"), default="test",
                         help="real images' split (default test; falls back to train if too small)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="latents of the fakes and the metrics' sampling (default 0)")
+                        help="the metrics' random sampling (the fakes are seeds 0 .. N-1; default 0)")
     parser.add_argument("--feature-extractor", choices=("inception", "random"),
                         default="inception",
                         help="for fid/kid; random is a seeded random conv net for smoke tests")
@@ -99,28 +99,38 @@ def run_evaluate(args, parser):
 # -- generate ------------------------------------------------------------------------------
 
 
+def _seeds(text: str) -> list[int]:
+    import argparse
+
+    from progan.images import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_generate(subparsers):
     parser = subparsers.add_parser(
         "generate", help="images from a snapshot's EMA generator: one grid PNG or a folder of PNGs")
     parser.add_argument("run_dir", type=Path, help="run directory")
-    parser.add_argument("--num", type=int, default=64, help="how many images (default 64)")
-    parser.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    parser.add_argument("--seeds", type=_seeds, default="0-63",
+                        help="latent seeds, e.g. 0-7,12; image i is seed i, as in the training "
+                             "grids (default 0-63)")
     _add_truncation(parser)
     _add_snapshot(parser)
     parser.add_argument("--out", type=Path, required=True,
-                        help="grid.png (one grid image) or a directory (one PNG per image)")
+                        help="grid.png (one grid image) or a directory (seedNNNN.png per image)")
     parser.set_defaults(run=run_generate)
     return parser
 
 
 def run_generate(args, parser):
     from progan.generate import generate, load_generator
-    from progan.training.report import image_grid, save_png
+    from progan.images import image_grid, save_png
 
-    if args.num < 1:
-        _fail(parser, args, f"--num {args.num}: expected a positive number of images")
     loaded = load_generator(args.run_dir, args.snapshot, log=print)
-    images = generate(loaded.model, args.num, args.seed, args.truncation)
+    images = generate(loaded.model, args.seeds, args.truncation)
     out = args.out
     if out.suffix.lower() == ".png":
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -129,34 +139,21 @@ def run_generate(args, parser):
         _fail(parser, args, f"--out {out}: expected a .png file name or a directory")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        for index, image in enumerate(images):
-            save_png(out / f"seed{args.seed}-{index:05d}.png", image, min_size=1)
-    print(f"{args.num} images of kimg {loaded.images_seen / 1000:g} "
+        for seed, image in zip(args.seeds, images):
+            save_png(out / f"seed{seed:04d}.png", image, min_size=1)
+    print(f"{len(images)} images of kimg {loaded.images_seen / 1000:g} "
           f"({loaded.stage.resolution}x{loaded.stage.resolution}) -> {out}")
 
 
 # -- interpolate ---------------------------------------------------------------------------
 
 
-def _seeds(text: str) -> list[int]:
-    import argparse
-
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        seeds = []
-    if len(seeds) < 2:
-        raise argparse.ArgumentTypeError(f"expected at least two comma-separated integers, "
-                                         f"got {text!r}")
-    return seeds
-
-
 def add_interpolate(subparsers):
     parser = subparsers.add_parser(
         "interpolate", help="a slerp walk through the latents of several seeds, as GIF (or MP4)")
     parser.add_argument("run_dir", type=Path, help="run directory")
-    parser.add_argument("--seeds", type=_seeds, default=[1, 2, 3],
-                        help="comma-separated latent seeds to visit in order (default 1,2,3)")
+    parser.add_argument("--seeds", type=_seeds, default="1,2,3",
+                        help="latent seeds to visit in order, e.g. 1,2,3 or 0-4 (default 1,2,3)")
     parser.add_argument("--steps", type=int, default=30, help="frames per pair of seeds (default 30)")
     parser.add_argument("--fps", type=float, default=24.0, help="frames per second (default 24)")
     parser.add_argument("--size", type=int, default=256,
@@ -172,6 +169,8 @@ def add_interpolate(subparsers):
 def run_interpolate(args, parser):
     from progan.generate import interpolate, load_generator, save_animation
 
+    if len(args.seeds) < 2:
+        _fail(parser, args, f"--seeds {','.join(map(str, args.seeds))}: expected at least two seeds")
     if args.steps < 1 or args.fps <= 0:
         _fail(parser, args, f"--steps {args.steps} --fps {args.fps}: expected positive numbers")
     if args.out.suffix.lower() not in (".gif", ".mp4"):

@@ -1,7 +1,7 @@
 """Evaluate a run's snapshots: metrics.jsonl, metrics.png and checkpoints/best.json.
 
-For each snapshot the EMA generator draws ``num_images`` images (latents from ``seed``, the
-same for every snapshot) at the stage it was in (its resolution and fade-in alpha), and they
+For each snapshot the EMA generator draws ``num_images`` images (seeds 0 .. num_images - 1,
+the same for every snapshot, as `progan generate --seeds` draws them) at the stage it was in (its resolution and fade-in alpha), and they
 are compared with as many real images of the run's dataset at that resolution:
 
 * ``swd``: sliced Wasserstein distance x10^3 averaged over the Laplacian levels (per level
@@ -92,7 +92,7 @@ class SnapshotEvaluator:
         num_images: fake images per snapshot (and real images to compare with); None for
             ``DEFAULT_NUM_IMAGES`` or, on a smaller data set, all of its real images.
         split: real images' split, ``test`` (falls back to ``train`` if too small) or ``train``.
-        seed: latents of the fakes and the SWD / KID sampling.
+        seed: the SWD / KID random sampling (the fakes are always seeds 0 .. num_images - 1).
         feature_extractor: a `progan.evaluation.FeatureExtractor`; needed for fid/kid.
         log: where result lines and warnings go.
     """
@@ -228,7 +228,7 @@ class SnapshotEvaluator:
         loaded = load_snapshot(self.run, images_seen, self.config, self.networks)
         stage = loaded.stage
         started = time.time()
-        fakes = generate(loaded.model, self.num_images, self.seed)
+        fakes = generate(loaded.model, range(self.num_images))
         prefix = f"kimg {images_seen / 1000:<9.3f} res {stage.resolution:<4d}"
         features: dict = {}
         records = {}

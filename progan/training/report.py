@@ -1,4 +1,4 @@
-"""What the user watches: tick lines, stats.jsonl, TensorBoard, image grids and curves.png.
+"""What the user watches: tick lines, stats.jsonl, TensorBoard and curves.png.
 
 Only the chief reports; other workers get a `Reporter` with ``chief=False`` that writes
 nothing. Tick lines go to stdout and ``RUN/log.txt``; a tqdm bar runs when stdout is a
@@ -13,35 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
-
-def to_uint8(images) -> np.ndarray:
-    """Float images in [-1, 1] -> uint8 [0, 255] (rounded, clipped)."""
-    images = np.asarray(images, np.float32)
-    return np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
-    """uint8 [N, H, W, C] -> one uint8 [rows*H, columns*W, C] grid, row-major."""
-    count, height, width, channels = images.shape
-    columns = columns or int(np.ceil(np.sqrt(count)))
-    rows = int(np.ceil(count / columns))
-    grid = np.zeros((rows * height, columns * width, channels), np.uint8)
-    for index, image in enumerate(images):
-        row, column = divmod(index, columns)
-        grid[row * height:(row + 1) * height, column * width:(column + 1) * width] = image
-    return grid
-
-
-def save_png(path: Path, image: np.ndarray, min_size: int = 256) -> None:
-    """Save a uint8 HWC image; small grids are enlarged (nearest) so they can be seen."""
-    factor = max(1, int(np.ceil(min_size / max(image.shape[:2]))))
-    if factor > 1:
-        image = image.repeat(factor, axis=0).repeat(factor, axis=1)
-    if image.shape[-1] == 1:
-        image = image[..., 0]
-    Image.fromarray(image).save(path)
 
 
 def memory_gib() -> float:

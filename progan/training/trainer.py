@@ -33,7 +33,8 @@ from progan.losses import discriminator_loss, generator_loss
 from progan.networks import ProGAN
 from progan.run import FormatError, RunDir, RunError, RunInfo, data_fingerprint
 from progan.training import distribute, state
-from progan.training.report import Reporter, image_grid, plot_curves, save_png, to_uint8
+from progan.images import format_seeds, image_grid, save_png, seed_latents, to_uint8
+from progan.training.report import Reporter, plot_curves
 from progan.training.schedule import Schedule, Stage
 
 LOSS_SCALE_PERIOD = 2000
@@ -118,8 +119,9 @@ class Trainer:
         self._stop_requested = False
         self._last_metrics = None
         self._evaluator = None
-        self._grid_latents = np.random.RandomState(training.seed).standard_normal(
-            (training.grid_size ** 2, config.model.latent_size)).astype(np.float32)
+        # fakes*.png show seeds 0 .. grid_size^2 - 1 (`progan generate --seeds` draws them again)
+        self.grid_seeds = list(range(training.grid_size ** 2))
+        self._grid_latents = seed_latents(self.grid_seeds, config.model.latent_size)
 
     # -- the compiled step ----------------------------------------------------------------
 
@@ -428,7 +430,8 @@ class Trainer:
         rollbacks: dict[int, int] = {}
         self.reporter.log(f"training {self.run_dir} from kimg {images_seen / 1000:.1f} to "
                           f"{self.schedule.total_kimg:.1f} on {self.strategy.num_replicas_in_sync} "
-                          f"replica(s), {type(self.strategy).__name__}")
+                          f"replica(s), {type(self.strategy).__name__}; fakes*.png show seeds "
+                          f"{format_seeds(self.grid_seeds)} of the EMA generator")
         stage = None
         steps_per_call = training.steps_per_call
         while not self.schedule.is_finished(images_seen) and not self._stop_requested:
