@@ -175,3 +175,27 @@ def test_best_rules(tiny_run, tmp_path):
     assert evaluation.update_best(run, primary="msssim")["primary"] == "msssim"
     assert run.select_one("best")[0] == 504
     assert evaluation.plot_metrics(run_dir).exists()
+
+
+def test_a_new_metric_is_one_registration(tiny_run, tmp_path, monkeypatch):
+    """Evaluation, validation, best.json and the plot take a metric from the registry alone."""
+    from progan.evaluation import registry
+
+    def brightness(evaluator, resolution, fakes, cache):
+        return {"value": float(fakes.mean()), "real_value": float(evaluator.real_images(resolution).mean())}
+
+    monkeypatch.setitem(registry.METRICS, "brightness", registry.Metric(
+        "brightness", "mean pixel value (closest to the reals' is best)", brightness,
+        min_resolution=8, target="real_value"))
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    records = evaluation.evaluate_run(run_dir, "brightness,swd", num_images=16, snapshots="0,0.4,0.6",
+                                      split="train", log=lambda line: None)
+    assert [r["images_seen"] for r in records if r["metric"] == "brightness"] == [400, 600]  # not 4x4
+    best = RunDir(run_dir).read_best()
+    assert best["primary"] == "brightness"
+    chosen = min((r for r in records if r["metric"] == "brightness"),
+                 key=lambda r: abs(r["value"] - r["real_value"]))
+    assert best["metrics"]["brightness"]["images_seen"] == chosen["images_seen"]
+    assert RunDir(run_dir).select_one("best")[0] == chosen["images_seen"]
+    with pytest.raises(evaluation.EvaluationError, match="brightness, fid, kid|swd, msssim, fid, kid, brightness"):
+        evaluation.parse_metrics("loudness")

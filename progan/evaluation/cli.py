@@ -44,8 +44,11 @@ def add_evaluate(subparsers):
     parser = subparsers.add_parser(
         "evaluate", help="metrics of a run's snapshots -> metrics.jsonl, metrics.png, best.json")
     parser.add_argument("run_dir", type=Path, help="run directory")
+    from progan.evaluation.registry import METRICS
+
     parser.add_argument("--metrics", default="swd",
-                        help="comma-separated: swd, msssim, fid, kid (default swd)")
+                        help=f"comma-separated, the first is the run's primary metric (what "
+                             f"--snapshot best means): {', '.join(METRICS)} (default swd)")
     parser.add_argument("--num-images", type=int, default=None,
                         help="generated images per snapshot, and as many reals (default 10000, "
                              "or all real images of a smaller data set; the paper: 16384 for "
@@ -69,13 +72,14 @@ def add_evaluate(subparsers):
 
 
 def run_evaluate(args, parser):
-    from progan.evaluation.run import (FEATURE_METRICS, EvaluationError, evaluate_run,
-                                       make_feature_extractor, parse_metrics)
+    from progan.evaluation.registry import METRICS
+    from progan.evaluation.run import (EvaluationError, evaluate_run, make_feature_extractor,
+                                       parse_metrics)
 
     try:
         metrics = parse_metrics(args.metrics)
         extractor = None
-        if any(metric in FEATURE_METRICS for metric in metrics):
+        if any(METRICS[metric].needs_features for metric in metrics):
             # a missing or unreadable weights file raises FileNotFoundError, ValueError or
             # RuntimeError with a one-line message naming the flag
             extractor = make_feature_extractor(args.feature_extractor, args.inception_weights,

@@ -38,13 +38,11 @@ from typing import Callable
 import numpy as np
 
 from progan.errors import ProganError
+from progan.evaluation import registry
 from progan.run import RunDir
 
-METRICS = ("swd", "msssim", "fid", "kid")
-FEATURE_METRICS = ("fid", "kid")
 DEFAULT_NUM_IMAGES = 10000  # progan evaluate without --num-images (capped at the real images there are)
 PLOT_FILE = "metrics.png"
-MSSSIM_MIN_RESOLUTION = 16
 
 
 class EvaluationError(ProganError, ValueError):
@@ -53,13 +51,10 @@ class EvaluationError(ProganError, ValueError):
 
 def parse_metrics(text: str | list | tuple) -> tuple[str, ...]:
     """``"swd,fid"`` (or a list) -> ``("swd", "fid")``; unknown names are an error."""
-    names = [name.strip().lower() for name in (text.split(",") if isinstance(text, str) else text)]
-    names = [name for name in names if name]
-    unknown = [name for name in names if name not in METRICS]
-    if unknown or not names:
-        raise EvaluationError(f"--metrics {','.join(names)}: expected a comma-separated list of "
-                              f"{', '.join(METRICS)}")
-    return tuple(dict.fromkeys(names))
+    try:
+        return registry.parse_metrics(text)
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
 
 
 def make_feature_extractor(kind: str = "inception", inception_weights: str | Path | None = None,
@@ -115,15 +110,16 @@ class SnapshotEvaluator:
             raise EvaluationError(f"--num-images {num_images}: expected at least 2")
         if split not in ("test", "train"):
             raise EvaluationError(f"--split {split}: expected test or train")
-        if feature_extractor is None and any(m in FEATURE_METRICS for m in self.metrics):
-            raise EvaluationError("--metrics fid/kid need a feature extractor: pass "
+        needing = [m for m in self.metrics if registry.METRICS[m].needs_features]
+        if feature_extractor is None and needing:
+            raise EvaluationError(f"--metrics {','.join(needing)} need a feature extractor: pass "
                                   "--inception-graph FILE.pb or --inception-weights FILE")
         self.num_images, self.split, self.seed = num_images, split, seed
         self.extractor = feature_extractor
         self.log = log
         self._split: str | None = None
         self._reals: dict[int, np.ndarray] = {}
-        self._real_msssim: dict[int, float] = {}
+        self._real_values: dict[tuple, float] = {}
         self.real_split()  # too few real images is an error now, before any work
         self.networks = ProGAN(self.config.model, with_discriminator=False)
 
@@ -192,32 +188,12 @@ class SnapshotEvaluator:
 
     # -- one snapshot ----------------------------------------------------------------------------
 
-    def measure(self, metric: str, resolution: int, fakes: np.ndarray,
-                features: dict) -> dict | None:
-        """``{"value": ..., more fields}`` of one metric on uint8 fakes at ``resolution``, or
-        None when the metric does not apply there. ``features`` caches the fakes' features
-        between fid and kid."""
-        from progan.evaluation.frechet import FeatureStatistics, fid, kid
-        from progan.evaluation.msssim import ms_ssim
-        from progan.evaluation.swd import swd
-
-        if metric == "swd":
-            distances = swd(self.real_images(resolution), fakes, seed=self.seed)
-            return {"value": distances.pop("avg"),
-                    "values": {str(level): distance for level, distance in distances.items()}}
-        if metric == "msssim":
-            if resolution < MSSSIM_MIN_RESOLUTION:
-                return None
-            pairs = len(fakes) // 2 * 2
-            if resolution not in self._real_msssim:
-                self._real_msssim[resolution] = ms_ssim(self.real_images(resolution)[:pairs])
-            return {"value": ms_ssim(fakes[:pairs]), "real_value": self._real_msssim[resolution]}
-        real = self.real_statistics(resolution)
-        if "fakes" not in features:
-            features["fakes"] = self.extractor.features(fakes)
-        value = (fid(real, FeatureStatistics.from_features(features["fakes"])) if metric == "fid"
-                 else kid(real.features, features["fakes"], seed=self.seed))
-        return {"value": value, "feature_extractor": self.extractor.name}
+    def real_value(self, metric: str, resolution: int, compute) -> float:
+        """A metric's value on the real images (e.g. their MS-SSIM), computed once."""
+        key = (metric, resolution)
+        if key not in self._real_values:
+            self._real_values[key] = compute(self.real_images(resolution))
+        return self._real_values[key]
 
     def evaluate(self, images_seen: int) -> dict[str, dict]:
         """Evaluate one snapshot, append its records to metrics.jsonl, update best.json and
@@ -230,25 +206,26 @@ class SnapshotEvaluator:
         started = time.time()
         fakes = generate(loaded.model, range(self.num_images))
         prefix = f"kimg {images_seen / 1000:<9.3f} res {stage.resolution:<4d}"
-        features: dict = {}
+        cache: dict = {}
         records = {}
-        for metric in self.metrics:
-            metric_start = time.time()
-            result = self.measure(metric, stage.resolution, fakes, features)
-            if result is None:
-                self.log(f"{prefix} {metric:<7s} skipped (needs >= {MSSSIM_MIN_RESOLUTION}x"
-                         f"{MSSSIM_MIN_RESOLUTION})")
+        for name in self.metrics:
+            metric = registry.METRICS[name]
+            if not metric.applies(stage.resolution):
+                self.log(f"{prefix} {name:<7s} skipped (needs >= {metric.min_resolution}x"
+                         f"{metric.min_resolution})")
                 continue
-            records[metric] = {
+            metric_start = time.time()
+            result = metric.compute(self, stage.resolution, fakes, cache)
+            records[name] = {
                 "kimg": images_seen / 1000, "images_seen": images_seen,
                 "snapshot": self.run.snapshot_at(images_seen).name, "resolution": stage.resolution,
-                "fading": stage.fading, "alpha": stage.alpha, "metric": metric, **result,
+                "fading": stage.fading, "alpha": stage.alpha, "metric": name, **result,
                 "value": float(result["value"]), "num_images": self.num_images,
                 "split": self.real_split(), "seed": self.seed,
                 "seconds": round(time.time() - metric_start, 3),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            self.log(f"{prefix} {metric:<7s} {result['value']:.4f}  "
-                     f"({records[metric]['seconds']:.1f} s)")
+            self.log(f"{prefix} {name:<7s} {result['value']:.4f}  "
+                     f"({records[name]['seconds']:.1f} s)")
         self.run.append_metrics(list(records.values()))
         update_best(self.run, primary=self.metrics[0])
         plot_metrics(self.run_dir)
@@ -288,11 +265,9 @@ def _comparable(record: dict) -> tuple:
     return (record["num_images"], record["split"], record.get("feature_extractor"))
 
 
-def badness(record: dict) -> float:
-    """What best.json minimises: the value, or for MS-SSIM its distance to the reals'."""
-    if record["metric"] == "msssim":
-        return abs(record["value"] - record["real_value"])
-    return record["value"]
+def _metric(name: str) -> registry.Metric:
+    """The registered metric, or for a record of an unknown one a lower-is-better stand-in."""
+    return registry.METRICS.get(name) or registry.Metric(name, name, compute=None)
 
 
 def update_best(run: RunDir, primary: str | None = None) -> dict:
@@ -312,12 +287,14 @@ def update_best(run: RunDir, primary: str | None = None) -> dict:
         if not latest:
             continue
         top = max(record["resolution"] for record in latest.values())
-        chosen = min((r for r in latest.values() if r["resolution"] == top), key=badness)
+        target = _metric(metric).target
+        chosen = min((r for r in latest.values() if r["resolution"] == top),
+                     key=_metric(metric).badness)
         best[metric] = {"snapshot": chosen["snapshot"], "images_seen": chosen["images_seen"],
                         "kimg": chosen["kimg"], "value": chosen["value"],
                         "resolution": chosen["resolution"], "num_images": chosen["num_images"]}
-        if metric == "msssim":
-            best[metric]["real_value"] = chosen["real_value"]
+        if target is not None:
+            best[metric][target] = chosen[target]
     primary = primary or previous["primary"] or next(iter(best), None)
     run.write_best(primary, best)
     return {"primary": primary, "metrics": best}
@@ -344,23 +321,25 @@ def plot_metrics(run_dir: Path) -> Path | None:
     figure, axes = plt.subplots(len(metrics), 1, figsize=(9, 2.8 * len(metrics) + 0.6),
                                 sharex=True, squeeze=False)
     last_kimg = max(record["kimg"] for record in records)
-    for axis, metric in zip(axes[:, 0], metrics):
+    for axis, name in zip(axes[:, 0], metrics):
+        metric = _metric(name)
         series: dict[tuple, dict[int, dict]] = {}
         for record in records:
-            if record["metric"] == metric:
+            if record["metric"] == name:
                 series.setdefault(_comparable(record), {})[record["images_seen"]] = record
         for (num_images, split, extractor), by_snapshot in series.items():
             points = [by_snapshot[seen] for seen in sorted(by_snapshot)]
             label = f"{num_images} images, {split}" + (f", {extractor}" if extractor else "")
             axis.plot([p["kimg"] for p in points], [p["value"] for p in points], marker="o",
                       markersize=3, label=label)
-            if metric == "msssim":
-                axis.plot([p["kimg"] for p in points], [p["real_value"] for p in points],
+            if metric.target is not None:
+                axis.plot([p["kimg"] for p in points], [p[metric.target] for p in points],
                           linestyle="--", color="black", linewidth=1, label="reals")
-        values = [r["value"] for r in records if r["metric"] == metric]
-        if metric in ("swd", "fid") and min(values) > 0 and max(values) / min(values) > 20:
+        values = [r["value"] for r in records if r["metric"] == name]
+        if metric.target is None and min(values) > 0 and max(values) / min(values) > 20:
             axis.set_yscale("log")
-        axis.set_ylabel(metric)
+        axis.set_ylabel(metric.title if len(metric.title) <= 24 else metric.name)
+        axis.set_title(metric.title, fontsize="small", loc="left")
         for boundary in boundaries:
             if boundary <= last_kimg:
                 axis.axvline(boundary, color="grey", linestyle=":", linewidth=1)
