@@ -11,8 +11,9 @@ from pathlib import Path
 def _add_summary(subparsers):
     parser = subparsers.add_parser(
         "summary", help="layers, output shapes and parameter counts of every stage")
-    parser.add_argument("--config", default="celeba64", help="preset name or JSON file")
-    parser.add_argument("--resolution", type=int, default=None,
+    parser.add_argument("--config", default="celeba64",
+                        help="preset name or JSON file (default celeba64)")
+    parser.add_argument("--max-resolution", type=int, default=None,
                         help="show stages up to this resolution (default: the config's maximum)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(run=_run_summary)
@@ -23,10 +24,10 @@ def _run_summary(args, parser):
     from progan.networks import ProGAN, describe
 
     model_config = load_config(args.config).model
-    if args.resolution is not None and args.resolution > model_config.max_resolution:
+    if args.max_resolution is not None and args.max_resolution > model_config.max_resolution:
         model_config = type(model_config)(**{**model_config.__dict__,
-                                             "max_resolution": args.resolution})
-    summary = describe(ProGAN(model_config), args.resolution)
+                                             "max_resolution": args.max_resolution})
+    summary = describe(ProGAN(model_config), args.max_resolution)
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -50,7 +51,7 @@ DEMO_DATA = {"num_images": 4096, "resolution": 32, "seed": 0}
 
 # flag -> (dotted setting, type)
 OVERRIDES = {
-    "--resolution": ("model.max_resolution", int),
+    "--max-resolution": ("model.max_resolution", int),
     "--latent-size": ("model.latent_size", int),
     "--fmap-base": ("model.fmap_base", int),
     "--fmap-max": ("model.fmap_max", int),
@@ -68,31 +69,38 @@ OVERRIDES = {
     "--mixed-precision": ("training.mixed_precision", str),
     "--steps-per-call": ("training.steps_per_call", int),
     "--metrics-kimg": ("training.metrics_kimg", float),
-    "--metrics-images": ("training.metrics_num_images", int),
+    "--metrics-num-images": ("training.metrics_num_images", int),
 }
+CHOICES = {"--loss": "LOSSES", "--strategy": "STRATEGIES", "--mixed-precision": "PRECISIONS"}
 
 
-def _add_overrides(parser):
+def _add_overrides(parser, default_help: str):
+    from progan import config as settings
+
     parser.add_argument("--config", default=None,
-                        help="preset (celeba64, paper, demo) or JSON file; default demo")
-    group = parser.add_argument_group("overrides of the config")
+                        help=f"preset ({', '.join(settings.PRESETS)}) or JSON file "
+                             f"(`progan config --dump NAME` prints one); default: {default_help}")
+    group = parser.add_argument_group("overrides of the config (default: the config's value)")
     for flag, (setting, kind) in OVERRIDES.items():
-        group.add_argument(flag, type=kind, default=None, help=f"sets {setting}")
-    group.add_argument("--lr", type=float, default=None, help="learning rate of both networks")
+        choices = getattr(settings, CHOICES[flag]) if flag in CHOICES else None
+        group.add_argument(flag, type=kind, default=None, choices=choices, help=f"sets {setting}")
+    group.add_argument("--lr", type=float, default=None, help="sets schedule.g_lr and d_lr: the learning rate of both networks")
     group.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                        help="left-right mirror augmentation")
     group.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
                        help="jit-compile the train steps with XLA")
     group.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                        help="deterministic ops (bitwise-exact resume on the CPU)")
-    group.add_argument("--metrics", default=None, help="metrics evaluated during training, e.g. swd")
+    group.add_argument("--metrics", default=None,
+                       help="sets training.metrics: evaluated during training, e.g. swd or "
+                            "swd,msssim (the first is the run's primary metric)")
 
 
-def config_from_args(args):
-    """The preset or file named by --config with every given override applied."""
+def config_from_args(args, default: str):
+    """The preset or file named by --config (else ``default``) with every override applied."""
     from progan.config import load_config
 
-    config = load_config(args.config or "demo")
+    config = load_config(args.config or default)
     overrides = {setting: getattr(args, flag[2:].replace("-", "_"))
                  for flag, (setting, _) in OVERRIDES.items()
                  if getattr(args, flag[2:].replace("-", "_")) is not None}
@@ -113,15 +121,15 @@ def _add_train(subparsers):
     parser.add_argument("--data", type=Path, default=None,
                         help=f"prepared dataset directory (default: build {DEFAULT_DATA} once)")
     parser.add_argument("--out", type=Path, default=None,
-                        help=f"run directory (default {DEFAULT_RUN} for the demo)")
-    _add_overrides(parser)
+                        help=f"run directory (default {DEFAULT_RUN} for the demo; required with --data)")
+    _add_overrides(parser, "demo without --data, celeba64 (the thesis) with --data")
     parser.set_defaults(run=_run_train)
 
 
 def _run_train(args, parser):
     from progan.training import trainer
 
-    config = config_from_args(args)
+    config = config_from_args(args, "demo" if args.data is None else "celeba64")
     data, out = args.data, args.out
     if data is None:
         from progan.dataset.synthetic import ensure_synthetic
@@ -174,8 +182,10 @@ def _add_finetune(subparsers):
                         help="latest | best (by the run's primary metric) | best:METRIC | KIMG "
                              "(default latest); a full snapshot (training state)")
     parser.add_argument("--lr-scale", type=float, default=0.8,
-                        help="factor on the learning rates (thesis: 0.0008 / 0.001 = 0.8)")
-    parser.add_argument("--kimg", type=float, required=True, help="how many kimg to train")
+                        help="factor on the learning rates (default 0.8, the thesis: 0.0008 / 0.001)")
+    parser.add_argument("--kimg", type=float, required=True,
+                        help="how many kimg to train from the snapshot on (the new run ends at "
+                             "the snapshot's kimg + this)")
     parser.add_argument("--out", type=Path, required=True, help="new run directory")
     parser.add_argument("--reset-optimizer", action="store_true",
                         help="start with fresh Adam states instead of the snapshot's")
@@ -193,10 +203,12 @@ def _run_finetune(args, parser):
 def _add_bench(subparsers):
     parser = subparsers.add_parser(
         "bench", help="images/s of a full training iteration per stage, FLOPs, fraction of peak")
-    _add_overrides(parser)
-    parser.add_argument("--resolutions", default="4,8,16,32", help="comma-separated, e.g. 4,8,16")
-    parser.add_argument("--phases", choices=("fading", "stable", "both"), default="fading")
-    parser.add_argument("--seconds", type=float, default=10.0, help="timing per stage")
+    _add_overrides(parser, "demo")
+    parser.add_argument("--resolutions", default="4,8,16,32",
+                        help="comma-separated, e.g. 4,8,16 (default 4,8,16,32)")
+    parser.add_argument("--phases", choices=("fading", "stable", "both"), default="fading",
+                        help="which stages to time (default fading)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="timing per stage (default 10)")
     parser.add_argument("--data", type=Path, default=None, help="dataset (default: synthetic)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     parser.set_defaults(run=_run_bench)
@@ -206,11 +218,11 @@ def _run_bench(args, parser):
     from progan.training.bench import bench, parse_resolutions
 
     try:
-        resolutions = parse_resolutions(args.resolutions)
+        resolutions = parse_resolutions(args.max_resolutions)
     except ValueError as error:
         parser.error(str(error))
     phases = {"fading": (True,), "stable": (False,), "both": (True, False)}[args.phases]
-    config = config_from_args(args)
+    config = config_from_args(args, "demo")
     result = bench(config, resolutions, args.data, args.seconds, phases,
                    log=(lambda line: None) if args.json else print)
     if args.json:
@@ -219,6 +231,20 @@ def _run_bench(args, parser):
         print(f"matmul peak (float32, chained 2048^3 products): {result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; "
               "FLOPs per image = 4 F_G + 14 F_D (gradient penalty's double backward = "
               "2 x (D forward + D input-gradient))")
+
+
+def _add_config(subparsers):
+    parser = subparsers.add_parser("config", help="print a preset (or a config file) as JSON")
+    parser.add_argument("--dump", required=True, metavar="PRESET|FILE",
+                        help="celeba64, paper, demo or a JSON file; the output is what "
+                             "--config FILE.json accepts")
+    parser.set_defaults(run=_run_config)
+
+
+def _run_config(args, parser):
+    from progan.config import load_config
+
+    print(load_config(args.dump).to_json())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add in (_add_train, _add_resume, _add_finetune, evaluation_cli.add_evaluate,
                 evaluation_cli.add_generate, evaluation_cli.add_interpolate,
-                evaluation_cli.add_export, _add_bench, _add_summary):
+                evaluation_cli.add_export, _add_bench, _add_summary, _add_config):
         add(subparsers)
     return parser
 

@@ -26,7 +26,7 @@ def test_swd_of_every_snapshot_metrics_files_and_best(tiny_run, tmp_path, capsys
     run_dir = copy_run(tiny_run, tmp_path / "run")
     parser = evaluate_parser()
     args = parser.parse_args(["evaluate", str(run_dir), "--metrics", "swd", "--num-images", "32",
-                              "--snapshots", "all"])
+                              "--snapshot", "all"])
     args.run(args, parser)
     output = capsys.readouterr()
     # the synthetic set has no test split: one warning, then the train split

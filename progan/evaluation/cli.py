@@ -53,8 +53,8 @@ def add_evaluate(subparsers):
                         help="generated images per snapshot, and as many reals (default 10000, "
                              "or all real images of a smaller data set; the paper: 16384 for "
                              "SWD, 20000 for MS-SSIM, 50000 for FID)")
-    parser.add_argument("--snapshots", default="latest",
-                        help="latest | all | best[:METRIC] | KIMG[,KIMG...] (default latest)")
+    parser.add_argument("--snapshot", default="latest",
+                        help="latest | all | best | best:METRIC | KIMG[,KIMG...] (default latest)")
     parser.add_argument("--split", choices=("test", "train"), default="test",
                         help="real images' split (default test; falls back to train if too small)")
     parser.add_argument("--seed", type=int, default=0,
@@ -64,9 +64,9 @@ def add_evaluate(subparsers):
                         help="for fid/kid; random is a seeded random conv net for smoke tests")
     parser.add_argument("--inception-graph", type=Path, default=None,
                         help="the 2015 Inception GraphDef (classify_image_graph_def.pb), as the "
-                             "original FID code used")
+                             "original FID code used (default: none)")
     parser.add_argument("--inception-weights", default=None,
-                        help="Keras InceptionV3 weights file (or 'imagenet' to download)")
+                        help="Keras InceptionV3 weights file, or 'imagenet' to download (default: none)")
     parser.set_defaults(run=run_evaluate)
     return parser
 
@@ -87,7 +87,7 @@ def run_evaluate(args, parser):
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(parser, args, error)
     try:
-        records = evaluate_run(args.run_dir, metrics, args.num_images, args.snapshots,
+        records = evaluate_run(args.run_dir, metrics, args.num_images, args.snapshot,
                                args.split, args.seed, extractor)
     except EvaluationError as error:
         _fail(parser, args, error)
@@ -161,7 +161,7 @@ def add_interpolate(subparsers):
     parser.add_argument("--steps", type=int, default=30, help="frames per pair of seeds (default 30)")
     parser.add_argument("--fps", type=float, default=24.0, help="frames per second (default 24)")
     parser.add_argument("--size", type=int, default=256,
-                        help="enlarge small frames (nearest) to at least this many pixels")
+                        help="enlarge small frames (nearest) to at least this many pixels (default 256)")
     _add_truncation(parser)
     _add_snapshot(parser)
     parser.add_argument("--out", type=Path, required=True,

@@ -247,7 +247,7 @@ def evaluate_run(run_dir: Path, metrics=("swd",), num_images: int = 2048,
                  feature_extractor=None, log: Callable[[str], None] = print) -> list[dict]:
     """Evaluate the snapshots named by ``snapshots`` (``latest``, ``all``, ``best[:metric]``,
     ``KIMG[,KIMG...]``), oldest first. Returns every record written."""
-    chosen = RunDir(run_dir).select(snapshots, flag="--snapshots")
+    chosen = RunDir(run_dir).select(snapshots)
     log(f"evaluating {len(chosen)} snapshot(s) at kimg "
         + ", ".join(f"{seen / 1000:g}" for seen in chosen))
     evaluator = SnapshotEvaluator(run_dir, metrics, num_images, split, seed, feature_extractor, log)
