@@ -118,6 +118,15 @@ def _size(count):
     return f"{count} bytes"
 
 
+def _load_tensorflow():
+    """Load the TensorFlow parts the workers use, once, before they fork: TensorFlow loads
+    lazily, and each worker would otherwise spend seconds loading it for itself."""
+    import tensorflow as tf
+
+    serialize_example(np.zeros((3, 4, 4), np.uint8))
+    return tf.io.TFRecordWriter
+
+
 def _error_line(error, context=""):
     """One line for an exception raised while building (OSError, TensorFlow, anything)."""
     if isinstance(error, DatasetError):
@@ -640,6 +649,7 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     bar = Progress(source.count, f"{name}", enabled=progress)
     remove_stale_staging(parent, bar.write)
     _check_free_space(parent, source.count, resolutions, out_dir)
+    _load_tensorflow()
 
     staging = parent / f".{name}.partial-{os.getpid()}"
     if staging.exists():  # ours: this very process made it and failed to remove it
