@@ -1,14 +1,40 @@
 """Read a prepared dataset (ours or the reference tool's) as batches for training.
 
-``load`` holds the requested level's split in memory as uint8 (parsed from the
-TFRecord file in large batches: 200,000 CelebA images are 0.6 GB at 32x32 and
-2.5 GB at 64x64) and serves batches from it in a stream whose content is a pure
-function of ``(seed, position)``: the image at stream position ``p`` is record
-``permutation_e[p mod n]`` of the split, with ``e = p div n`` the epoch and
-``permutation_e`` drawn from ``numpy.random.default_rng([seed, e, 0])``; it is
-mirrored when bit ``p mod n`` of ``default_rng([seed, e, 1])`` says so. Resuming
-at ``start_image=N`` therefore yields exactly what an uninterrupted stream
-yields from image ``N`` on, for any ``N >= 0`` and any batch size.
+``load`` serves batches in a stream whose content is a pure function of ``(seed,
+position)``: the image at stream position ``p`` is record ``permutation_e[p mod n]`` of
+the split, with ``e = p div n`` the epoch and ``permutation_e`` drawn from
+``numpy.random.default_rng([seed, e, 0])``; it is mirrored when bit ``p mod n`` of
+``default_rng([seed, e, 1])`` says so. Resuming at ``start_image=N`` therefore yields
+exactly what an uninterrupted stream yields from image ``N`` on, for any ``N >= 0`` and
+any batch size.
+
+Two modes serve that same stream (they order identically, so a run may switch between
+them, e.g. after a change of the memory budget, without changing its data):
+
+- in memory: a split whose level fits the memory budget is parsed once into a uint8
+  array (200,000 CelebA images are 0.6 GB at 32x32, 2.5 GB at 64x64) and batches are
+  gathered from it;
+- streaming: a larger level (a 1024x1024 CelebA-HQ level is ~94 GB) is read from disk
+  record by record. Every record of a level has the same size (same shape, same
+  ``tf.train.Example`` layout), so record ``i`` sits at byte ``i * record_size``; each
+  batch reads exactly its records with ``pread`` (sorted, adjacent records merged)
+  into a buffer of one batch. Memory is bounded by the batch and a prefetch of two
+  batches, whatever the level's size; the page cache does the rest. The record
+  framing is checked on every read (length, and the bytes around the pixels), not the
+  CRCs: ``progan-dataset verify`` checks the files' sha256.
+
+The budget defaults to a quarter of this machine's (or cgroup's) memory; set it with
+``load(memory_budget=...)`` or the environment variable ``PROGAN_DATA_MEMORY_BUDGET``
+(bytes, or with a K/M/G suffix).
+
+Multi-worker training: ``load(shard_index=w, shard_count=W, shard_block=L)`` yields
+worker ``w``'s share of each global batch: the samples ``i`` of the global batch with
+``(i // L) % W == w``, in increasing ``i``. With ``L`` = replicas per worker, worker
+``w``'s share is exactly the samples of its replicas ``w*L .. w*L + L - 1`` when replica
+``r`` of ``R = W*L`` takes samples ``r, r + R, ...`` (progan.training.distribute), and
+its local replica ``j`` takes samples ``j, j + L, ...`` of the share. The shares of
+all workers are disjoint, their union is the one-worker global batch, and each worker
+reads only its records (a sharded load always streams).
 """
 
 import os
@@ -202,15 +228,171 @@ def stream_indices(seed, count, positions, shuffle=True):
     return StreamOrder(seed, count, shuffle)(positions)
 
 
-def _memory_limit():
+BUDGET_ENV = "PROGAN_DATA_MEMORY_BUDGET"
+BUDGET_FRACTION = 0.25
+STREAM_PREFETCH = 2
+
+
+def _machine_memory():
+    """Bytes of memory of this machine, or of its cgroup when that is smaller."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return 8 << 30
+        total = 16 << 30
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def parse_bytes(text, what=BUDGET_ENV):
+    """'2G', '512M', '1000000' -> bytes; a clear error otherwise."""
+    value = str(text).strip().upper().removesuffix("B")
+    scale = 1
+    if value and value[-1] in "KMGT":
+        scale = 1 << (10 * ("KMGT".index(value[-1]) + 1))
+        value = value[:-1]
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1
+    if not number >= 0:
+        raise DatasetError(f"{what} {text!r}: expected a number of bytes such as 2G, 512M or 1000000")
+    return int(number * scale)
+
+
+def memory_budget(budget=None):
+    """Bytes a level may take in memory: ``budget``, else $PROGAN_DATA_MEMORY_BUDGET, else a
+    quarter of the machine's (or cgroup's) memory."""
+    if budget is not None:
+        return parse_bytes(budget, "memory_budget")
+    if os.environ.get(BUDGET_ENV):
+        return parse_bytes(os.environ[BUDGET_ENV])
+    return int(_machine_memory() * BUDGET_FRACTION)
+
+
+class RecordFile:
+    """Random access to the fixed-size records of one level file (see the module docstring).
+
+    Args:
+      file: the level file.
+      first, count: the records served are ``first .. first + count - 1`` (a split);
+        ``read`` takes indices relative to ``first``.
+    """
+
+    def __init__(self, file, first, count):
+        import tensorflow as tf
+
+        self.file, self.first, self.count = Path(file), int(first), int(count)
+        self.fd = os.open(self.file, os.O_RDONLY)
+        try:
+            head = os.pread(self.fd, 12, 0)
+            if len(head) < 12:
+                raise DatasetError(f"{file}: too short to hold a record")
+            length = int.from_bytes(head[:8], "little")
+            record = os.pread(self.fd, length, 12)
+            try:
+                example = tf.train.Example.FromString(record)
+                shape = tuple(example.features.feature["shape"].int64_list.value)
+                data = example.features.feature["data"].bytes_list.value[0]
+            except Exception as error:  # protobuf raises its own DecodeError
+                raise DatasetError(f"{file}: the first record is not an image Example ({error})") from None
+            if len(shape) != 3 or len(data) != int(np.prod(shape)):
+                raise DatasetError(f"{file}: the first record's shape {shape} does not match its data")
+            self.shape = shape  # C, H, W
+            self.data_start = 12 + self._data_offset(record, data)
+            self.record_size = 12 + length + 4
+            size = os.fstat(self.fd).st_size
+            if size % self.record_size or size // self.record_size < self.first + self.count:
+                raise DatasetError(
+                    f"{file}: records differ in size or are missing ({size} bytes is not "
+                    f"{self.first + self.count} records of {self.record_size}); it cannot be streamed, "
+                    "rebuild it with progan-dataset or raise the memory budget")
+            template = head + record
+            self.header = np.frombuffer(template[:self.data_start], np.uint8)
+            self.trailer = np.frombuffer(template[self.data_start + len(data):], np.uint8)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    @staticmethod
+    def _data_offset(record, data):
+        """Where the pixel bytes start in a serialized Example (after their field's tag and length)."""
+        length, varint = len(data), bytearray()
+        while True:
+            byte = length & 0x7F
+            length >>= 7
+            varint.append(byte | (0x80 if length else 0))
+            if not length:
+                break
+        key = b"\x0a" + bytes(varint)
+        start = record.find(key)
+        while start >= 0:
+            offset = start + len(key)
+            if record[offset:offset + len(data)] == data:
+                return offset
+            start = record.find(key, start + 1)
+        raise DatasetError("the first record's pixel bytes cannot be located")
+
+    def read(self, indices):
+        """uint8 [len(indices), H, W, C] of records ``first + indices``, in the given order.
+        Reads go in file order; runs of adjacent records are one call."""
+        indices = np.asarray(indices, np.int64)
+        order = np.argsort(indices, kind="stable")
+        wanted = indices[order]
+        size = self.record_size
+        buffer = np.empty((len(indices), size), np.uint8)
+        memory = memoryview(buffer).cast("B")
+        breaks = (np.flatnonzero((np.diff(wanted) != 1) | (np.diff(order) != 1)) + 1).tolist()
+        rows, offsets = order.tolist(), ((self.first + wanted) * size).tolist()
+        for start, stop in zip([0] + breaks, breaks + [len(rows)]):
+            row = rows[start]
+            view = memory[row * size:(row + stop - start) * size]
+            if os.preadv(self.fd, [view], offsets[start]) != len(view):
+                raise DatasetError(f"{self.file}: ended inside record {offsets[start] // size}")
+        data_stop = self.data_start + int(np.prod(self.shape))
+        good = ((buffer[:, :self.data_start] == self.header).all(axis=1)
+                & (buffer[:, data_stop:data_stop + len(self.trailer)] == self.trailer).all(axis=1))
+        if not good.all():
+            bad = self.first + int(indices[np.flatnonzero(~good)[0]])
+            raise DatasetError(f"{self.file}: record {bad} does not have the layout of the first "
+                               "one (a damaged or foreign file); run progan-dataset verify")
+        pixels = buffer[:, self.data_start:data_stop].reshape(len(indices), *self.shape)
+        return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))  # numpy beats tf.transpose on uint8
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self):
+        self.close()
+
+
+def shard_slots(batch_size, shard_index=0, shard_count=1, shard_block=1):
+    """Indices within a global batch of one worker's share: ``(i // block) % count == index``."""
+    slots = np.arange(batch_size)
+    return slots[(slots // shard_block) % shard_count == shard_index]
+
+
+def uses_memory(path, resolution, split="train", memory_budget=None, shard_count=1):
+    """Whether ``load`` with these arguments holds the level in memory (else it streams)."""
+    info = open_dataset(path)
+    first, stop = info.split_range(split)
+    channels = (info.manifest or {}).get("channels", 3)
+    return _fits(stop - first, resolution, channels, memory_budget, shard_count)
+
+
+def _fits(count, resolution, channels, budget, shard_count):
+    return shard_count == 1 and count * resolution * resolution * channels <= memory_budget(budget)
 
 
 def load(path, resolution, split="train", batch_size=32, mirror=False, seed=0, start_image=0,
-         shuffle=True):
+         shuffle=True, memory_budget=None, shard_index=0, shard_count=1, shard_block=1):
     """An endless ``tf.data.Dataset`` of float32 image batches [batch, R, R, C] in [-1, 1].
 
     Batch k holds stream positions ``start_image + k*batch_size ...`` (see the module
@@ -221,11 +403,16 @@ def load(path, resolution, split="train", batch_size=32, mirror=False, seed=0, s
       path: dataset directory (ours or the reference tool's).
       resolution: level to read (4, 8, ..., must be present).
       split: 'train', 'test' or 'all' (see DatasetInfo.split_range).
-      batch_size: images per batch; batches never run short (the stream is endless).
+      batch_size: images per *global* batch; batches never run short (the stream is endless).
       mirror: random left-right flips, a pure function of (seed, position).
       seed: fixes the shuffle and the flips.
       start_image: stream position of the first image.
       shuffle: False reads the split in file order, epoch after epoch.
+      memory_budget: bytes (or '2G') the level may take in memory; a larger level streams
+        from disk. Default: $PROGAN_DATA_MEMORY_BUDGET, else a quarter of the memory.
+      shard_index, shard_count, shard_block: yield only this worker's share of each
+        global batch, ``batch_size // shard_count`` images (see the module docstring);
+        ``batch_size`` must be a multiple of ``shard_count * shard_block``.
     """
     import tensorflow as tf
 
@@ -237,28 +424,48 @@ def load(path, resolution, split="train", batch_size=32, mirror=False, seed=0, s
     if batch_size < 1 or start_image < 0:
         raise DatasetError(f"batch_size {batch_size}, start_image {start_image}: "
                            "expected batch_size >= 1 and start_image >= 0")
-    channels = (info.manifest or {}).get("channels", 3)
-    needed = count * resolution * resolution * channels
-    if needed > _memory_limit():
+    if not (shard_count >= 1 and shard_block >= 1 and 0 <= shard_index < shard_count
+            and batch_size % (shard_count * shard_block) == 0):
         raise DatasetError(
-            f"{path}: the {split} split at {resolution}x{resolution} needs {needed / 2**30:.1f} GiB "
-            f"in memory, over half of this machine's RAM; use a smaller resolution or split")
-    images = _read_level(info, resolution, first, stop)
-    channels = images.shape[-1]
+            f"shard {shard_index} of {shard_count} (block {shard_block}) with batch_size {batch_size}: "
+            "expected 0 <= shard_index < shard_count and batch_size a multiple of "
+            "shard_count * shard_block")
+    file = info.level_file(resolution)
+    channels = (info.manifest or {}).get("channels", 3)
+    slots = shard_slots(batch_size, shard_index, shard_count, shard_block)
+    streaming = not _fits(count, resolution, channels, memory_budget, shard_count)
+    if not streaming:
+        images = _read_level(info, resolution, first, stop)
+        gather = images.__getitem__
+        channels = images.shape[-1]
+        resolution = images.shape[1]
+    else:
+        records = RecordFile(file, first, count)
+        if records.shape[1:] != (resolution, resolution):
+            records.close()
+            raise DatasetError(f"{file}: records are {records.shape[1]}x{records.shape[2]}, "
+                               f"expected {resolution}x{resolution}")
+        channels = records.shape[0]
+        gather = records.read
 
     def batches():
         order = StreamOrder(seed, count, shuffle)
         position = start_image
         while True:
-            indices, flips = order(np.arange(position, position + batch_size))
-            batch = images[indices]
-            if mirror:
+            indices, flips = order(position + slots)
+            batch = gather(indices)
+            if mirror:  # numpy: several times faster than tf.reverse/tf.where on uint8 here
                 batch[flips] = batch[flips, :, ::-1]
             yield batch
             position += batch_size
 
-    spec = tf.TensorSpec([batch_size, resolution, resolution, channels], tf.uint8)
+    spec = tf.TensorSpec([len(slots), resolution, resolution, channels], tf.uint8)
     dataset = tf.data.Dataset.from_generator(batches, output_signature=spec)
-    dataset = dataset.map(lambda batch: tf.cast(batch, tf.float32) / 127.5 - 1.0,
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def to_float(batch):
+        return tf.cast(batch, tf.float32) / 127.5 - 1.0
+
+    # Streaming keeps memory bounded: two batches in flight, whatever the level's size.
+    parallel = STREAM_PREFETCH if streaming else tf.data.AUTOTUNE
+    dataset = dataset.map(to_float, num_parallel_calls=parallel, deterministic=True)
+    return dataset.prefetch(parallel)
