@@ -13,9 +13,11 @@ import numpy as np
 import PIL.Image
 
 
-def make_celeba_like_images(directory, count, seed=0, suffix=".png", size=(178, 218), quality=90):
-    """Write ``count`` photo-like images (smooth colour waves + grain) named 000001<suffix>, ...;
-    returns their paths in sorted order."""
+def make_celeba_like_images(directory, count, seed=0, suffix=".png", size=(178, 218), quality=90,
+                            texture="smooth"):
+    """Write ``count`` photo-like images named 000001<suffix>, ...; returns their paths in
+    sorted order. ``texture``: "smooth" (colour waves + light grain) or "detailed" (waves
+    plus strong per-pixel texture, like hair and skin in a photo: what costs PNG the most)."""
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
     width, height = size
@@ -26,7 +28,7 @@ def make_celeba_like_images(directory, count, seed=0, suffix=".png", size=(178, 
         phase = rng.uniform(0, 6.3, 3)
         image = np.stack([128 + 100 * np.sin(x * freq[c, 0] + y * freq[c, 1] + phase[c])
                           for c in range(3)], axis=-1)
-        image += rng.normal(0, 6, image.shape)
+        image += rng.normal(0, 6 if texture == "smooth" else 40, image.shape)
         image = PIL.Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8))
         path = os.path.join(str(directory), f"{index + 1:06d}{suffix}")
         image.save(path, **({"quality": quality} if suffix == ".jpg" else {}))

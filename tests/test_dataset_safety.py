@@ -299,3 +299,19 @@ def test_strict_bad_file_early_in_600_and_disk_full_mid_build(tmp_path, capsys):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.communicate()
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_out_dot_is_the_current_folder_and_refused_when_not_a_dataset(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "paper.pdf").write_bytes(b"%PDF")
+    assert main(["create_synthetic", ".", "--num-images", "4", "--resolution", "8", "--overwrite",
+                 "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"progan-dataset: error: OUT {tmp_path}: exists and is not a data set written by "
+        "progan-dataset (no dataset.json); not replacing it, choose another folder")
+    assert sorted(os.listdir(tmp_path)) == ["paper.pdf"]
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    assert main(["create_synthetic", str(link), "--num-images", "4", "--resolution", "8",
+                 "--overwrite", "--quiet"]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err

@@ -154,10 +154,10 @@ def test_trainer_runs_on_a_streamed_level(tmp_path, tiny_dataset, monkeypatch, r
     assert not uses_memory(tiny_dataset, 8)
     config = Config.from_dict(TINY_CONFIG)
     run = training.Trainer(config, tiny_dataset, tmp_path / "run")
-    run.images_seen.assign(run.schedule.start_of(8, fading=True))
-    before = [v.numpy() for v in run.generator_variables]
+    run.state.images_seen.assign(run.schedule.start_of(8, fading=True))
+    before = [v.numpy() for v in run.state.generator_variables]
     run.run_iterations(2)
     assert reads, "the trainer's batches did not come from the streaming reader"
-    after = [v.numpy() for v in run.generator_variables]
+    after = [v.numpy() for v in run.state.generator_variables]
     assert all(np.isfinite(a).all() for a in after)
     assert any(not np.array_equal(a, b) for a, b in zip(after, before))

@@ -28,8 +28,12 @@ Record ``i`` of every level file is the same image. Our tool adds
   ``N`` sorted files), ``"source"`` (the source's own order) or ``"generated"``;
 - ``train_count`` / ``test_count``: the first ``train_count`` records are the
   train split, the rest the test split;
-- ``skipped``: list of ``{"file", "reason"}`` for inputs that could not be read;
+- ``skipped``: list of ``{"file", "reason"}`` for inputs that could not be read
+  (short reasons: "empty file", "not an image", "truncated JPEG", "damaged PNG (...)");
   ``skipped_count``;
+- ``notes``: ``{kind: {"count", "example"}}`` of changes made to usable inputs, e.g.
+  ``"enlarged"`` (smaller than the resolution) or ``"16-bit converted"``; may be absent
+  in data sets written before progan 0.2;
 - ``levels``: list, one entry per level file, top level first, of
   ``{"file", "resolution", "records", "bytes", "sha256"}`` (the record count
   and digest let training and evaluation key caches on a level).

@@ -463,7 +463,9 @@ def check_out(out_dir, source=None, overwrite=False):
         if scanned and resolved.is_relative_to(path):
             raise DatasetError(f"OUT {out_dir}: is inside the input folder {path}, which is "
                                "scanned for images; choose a folder outside it")
-    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+    if out_dir.is_symlink():
+        raise DatasetError(f"OUT {out_dir}: is a symbolic link; name the folder itself")
+    if out_dir.exists() and not out_dir.is_dir():
         raise DatasetError(f"OUT {out_dir}: is a file, not a data set folder; not replacing it")
     if not out_dir.exists():
         return
@@ -624,6 +626,8 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     from progan import __version__
 
     out_dir = Path(out_dir)
+    if out_dir.name in ("", ".", ".."):  # "." names no folder: use the real one
+        out_dir = out_dir.resolve()
     top = source.resolution if max_resolution is None else int(max_resolution)
     log2_resolution(top)
     if top > source.resolution:
