@@ -120,10 +120,38 @@ def _size(count):
 
 def _load_tensorflow():
     """Load the TensorFlow parts the workers use, once, before they fork: TensorFlow loads
-    lazily, and each worker would otherwise spend seconds loading it for itself."""
-    import tensorflow as tf
+    lazily, and each worker would otherwise spend seconds loading it for itself. Its C++
+    start-up lines (oneDNN, CPU features) are held back, and shown only if loading fails."""
+    import tempfile
 
-    serialize_example(np.zeros((3, 4, 4), np.uint8))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        stderr = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # no real stderr (captured): just load
+        stderr = None
+    if stderr is None or "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        serialize_example(np.zeros((3, 4, 4), np.uint8))
+        return tf.io.TFRecordWriter
+    sys.stderr.flush()
+    saved = os.dup(stderr)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), stderr)
+        try:
+            import tensorflow as tf
+
+            serialize_example(np.zeros((3, 4, 4), np.uint8))
+            writer = tf.io.TFRecordWriter(os.devnull)
+            writer.close()
+        except BaseException:
+            os.dup2(saved, stderr)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, stderr)
+            os.close(saved)
     return tf.io.TFRecordWriter
 
 
@@ -654,6 +682,7 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     remove_stale_staging(parent, bar.write)
     _check_free_space(parent, source.count, resolutions, out_dir)
     _load_tensorflow()
+    bar.start = time.perf_counter()  # rates count the build, not the loading of TensorFlow
 
     staging = parent / f".{name}.partial-{os.getpid()}"
     if staging.exists():  # ours: this very process made it and failed to remove it
