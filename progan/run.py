@@ -19,6 +19,7 @@ Snapshots are written into a hidden ``.tmp-*`` folder and renamed into place, so
 with the final name is always complete. Folders written by progan 0.1.0 have no
 ``snapshot.json`` and positional keys (format 1); they are read and migrated on load.
 
+This module is long on purpose: it is the one place that knows the run directory.
 `RunDir` is plain Python (TensorFlow is imported only to read or write a checkpoint), so
 evaluation, generation, notebooks and the trainer all use it without importing each other.
 """

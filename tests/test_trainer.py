@@ -103,8 +103,8 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_dataset, tin
 
 
 def _weights(trainer):
-    return [v.numpy() for v in trainer.generator_variables + trainer.discriminator_variables
-            + trainer.ema_variables]
+    return [v.numpy() for v in trainer.state.generator_variables + trainer.state.discriminator_variables
+            + trainer.state.ema_variables]
 
 
 def test_mirrored_iteration_equals_one_device(tmp_path, tiny_dataset):
@@ -119,9 +119,9 @@ def test_mirrored_iteration_equals_one_device(tmp_path, tiny_dataset):
     for strategy in (tf.distribute.OneDeviceStrategy(devices[0]), tf.distribute.MirroredStrategy(devices)):
         trainer = training.Trainer(config, tiny_dataset, tmp_path / type(strategy).__name__, strategy)
         before = _weights(trainer)
-        trainer.images_seen.assign(trainer.schedule.start_of(8, fading=True) + 64)  # mid-fade
+        trainer.state.images_seen.assign(trainer.schedule.start_of(8, fading=True) + 64)  # mid-fade
         trainer.run_iterations(1)
-        results.append((before, _weights(trainer), trainer.stat_sums.numpy()))
+        results.append((before, _weights(trainer), np.array(list(trainer.stats.take().values()))))
     (before_one, after_one, stats_one), (before_two, after_two, stats_two) = results
     np.testing.assert_allclose(stats_two, stats_one, rtol=1e-5)
     for a, b in zip(before_one, before_two):
@@ -149,9 +149,9 @@ def test_multiworker_processes_agree_and_only_the_chief_writes(tmp_path, tiny_da
               "t = Trainer(load_config(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))\n"
               "t.train()\n"
               "h = hashlib.sha256()\n"
-              "for v in t.generator_variables + t.discriminator_variables + t.ema_variables:\n"
+              "for v in t.state.generator_variables + t.state.discriminator_variables + t.state.ema_variables:\n"
               "    h.update(np.ascontiguousarray(v.numpy()).tobytes())\n"
-              "print('WEIGHTS', h.hexdigest(), int(t.images_seen.numpy()))\n")
+              "print('WEIGHTS', h.hexdigest(), int(t.state.images_seen.numpy()))\n")
     processes = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster,
@@ -183,12 +183,12 @@ def test_nonfinite_steps_are_skipped_then_rolled_back(tmp_path, tiny_dataset):
                      "schedule.total_kimg": 0.2})
     trainer = training.Trainer(config, tiny_dataset, tmp_path / "run")
     trainer.snapshot()
-    poisoned = trainer.discriminator_variables[0]
+    poisoned = trainer.state.discriminator_variables[0]
     poisoned.assign(tf.fill(poisoned.shape, float("nan")))
     result = trainer.train()
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "2 non-finite steps in a row: rolled back to the snapshot at kimg 0.0" in log
-    assert result["images_seen"] >= 200 and trainer._weights_finite()
+    assert result["images_seen"] >= 200 and trainer.state.weights_finite()
     _all_checkpoint_values_finite(tmp_path / "run")
 
 
@@ -203,12 +203,12 @@ def test_a_diverging_run_stops_after_a_second_rollback(tmp_path, tiny_dataset):
 
 def test_a_skipped_step_leaves_the_weights_alone(tmp_path, tiny_dataset):
     trainer = training.Trainer(tiny(), tiny_dataset, tmp_path / "run")
-    poisoned = trainer.discriminator_variables[0]
+    poisoned = trainer.state.discriminator_variables[0]
     poisoned.assign(tf.fill(poisoned.shape, float("nan")))
-    before = [v.numpy() for v in trainer.discriminator_variables[1:]]
+    before = [v.numpy() for v in trainer.state.discriminator_variables[1:]]
     trainer.run_iterations(1)
-    assert int(trainer.skipped_steps.numpy()) == 1
-    for start, variable in zip(before, trainer.discriminator_variables[1:]):
+    assert int(trainer.state.skipped_steps.numpy()) == 1
+    for start, variable in zip(before, trainer.state.discriminator_variables[1:]):
         np.testing.assert_array_equal(variable.numpy(), start)
 
 
@@ -251,19 +251,58 @@ def test_finetune_starts_from_the_snapshot_at_a_reduced_rate(tmp_path, finished_
         training.finetune(finished_run, tmp_path / "t2", snapshot="12345", kimg=1)
 
 
+def _xla_functions(step) -> list[str]:
+    """Names of the functions in a compiled step's graph that XLA must compile."""
+    names = []
+    for concrete in step._list_all_concrete_functions_for_serialization():
+        for function in concrete.graph.as_graph_def().library.function:
+            if function.attr["_XlaMustCompile"].b:
+                names.append(function.signature.name)
+    return names
+
+
 @pytest.mark.parametrize("precision, xla", [("bf16", False), ("fp16", False), ("off", True)])
 def test_mixed_precision_and_xla_train(tmp_path, tiny_dataset, precision, xla):
     config = tiny(**{"training.mixed_precision": precision, "training.xla": xla})
     trainer = training.Trainer(config, tiny_dataset, tmp_path / "run")
-    trainer.images_seen.assign(trainer.schedule.start_of(8, fading=True))
-    before = [v.numpy() for v in trainer.generator_variables]
+    start = trainer.schedule.start_of(8, fading=True)
+    trainer.state.images_seen.assign(start)
+    before = [v.numpy() for v in trainer.state.generator_variables]
     trainer.run_iterations(2)
-    assert int(trainer.skipped_steps.numpy()) == 0 or precision == "fp16"
-    after = [v.numpy() for v in trainer.generator_variables]
+    after = [v.numpy() for v in trainer.state.generator_variables]
     assert all(np.isfinite(a).all() for a in after)
     assert any(not np.array_equal(a, b) for a, b in zip(after, before))
-    if precision == "fp16":
-        assert float(trainer.loss_scale.numpy()) <= 2.0 ** 15
+    # the layers compute in the policy's dtype and keep float32 variables; images stay float32
+    compute = {"off": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
+    generator = trainer.state.networks.generator(8, True)
+    convolutions = [layer for layer in generator.layers if "conv" in layer.name]
+    assert convolutions and all(layer.compute_dtype == compute for layer in convolutions)
+    assert all(v.dtype == "float32" for v in trainer.state.generator_variables)
+    assert generator(np.zeros((2, 16), np.float32)).dtype == tf.float32
+    # every skipped fp16 step halved the loss scale; no other precision skips
+    skipped = int(trainer.state.skipped_steps.numpy())
+    scale = float(trainer.state.loss_scale.scale.numpy())
+    assert scale == (2.0 ** 15 / 2 ** skipped if precision == "fp16" else 1.0)
+    assert skipped == 0 or precision == "fp16"
+    compiled = _xla_functions(trainer.step_function(trainer.schedule.stage_at(start)))
+    assert (sorted(name.split("_gradients")[0] for name in compiled) == ["__inference_d", "__inference_g"]) == xla
+
+
+def test_the_loss_scale_halves_on_overflow_and_doubles_after_a_finite_period():
+    from progan.training.step import LossScale
+
+    scale = LossScale(enabled=True, period=3)
+    history = []
+    for ok in (False, False, True, True, True, True, False):
+        scale.update(tf.constant(ok))
+        history.append(float(scale.scale.numpy()))
+    assert history == [2.0 ** 14, 2.0 ** 13, 2.0 ** 13, 2.0 ** 13, 2.0 ** 14, 2.0 ** 14, 2.0 ** 13]
+    for _ in range(40):
+        scale.update(tf.constant(False))
+    assert float(scale.scale.numpy()) == 1.0  # never below 1
+    inert = LossScale(enabled=False)
+    inert.update(tf.constant(False))
+    assert float(inert.scale.numpy()) == 1.0
 
 
 # -- the run directory under attack -------------------------------------------------------------
@@ -385,10 +424,10 @@ def test_runs_written_by_earlier_versions_resume(tmp_path, tiny_dataset, version
 
     ema = load_generator(run_dir, "latest").model(expected["latents"]).numpy()
     np.testing.assert_allclose(ema, expected["ema_images"], rtol=1e-5, atol=1e-6)
-    before = [v.numpy() for v in trainer.discriminator_variables]
+    before = [v.numpy() for v in trainer.state.discriminator_variables]
     trainer.run_iterations(1)  # the restored optimiser state trains on
-    assert int(trainer.skipped_steps.numpy()) == 0
-    assert any(not np.array_equal(v.numpy(), b) for v, b in zip(trainer.discriminator_variables, before))
+    assert int(trainer.state.skipped_steps.numpy()) == 0
+    assert any(not np.array_equal(v.numpy(), b) for v, b in zip(trainer.state.discriminator_variables, before))
 
 
 def test_a_snapshot_from_a_newer_progan_is_an_error_not_damage(tmp_path, finished_run):

@@ -14,6 +14,9 @@ are compared with as many real images of the run's dataset at that resolution:
   for published numbers); the real statistics are cached in ``DATA/.cache/`` keyed by the
   level file's sha256, resolution, split, count and extractor. Lower is better.
 
+(Over 300 lines: the evaluator, best.json and metrics.png are one workflow over the same
+records.)
+
 Real images come from the ``test`` split (as in the thesis); when it has fewer than
 ``num_images`` the ``train`` split is used instead, with a one-line warning.
 
@@ -90,11 +93,13 @@ class SnapshotEvaluator:
         seed: the SWD / KID random sampling (the fakes are always seeds 0 .. num_images - 1).
         feature_extractor: a `progan.evaluation.FeatureExtractor`; needed for fid/kid.
         log: where result lines and warnings go.
+        scalars: ``({"Metrics/<name>": value}, images_seen)`` -> None writing TensorBoard
+            scalars (the trainer passes its own); default: an event file in the run directory.
     """
 
     def __init__(self, run_dir: Path, metrics=("swd",), num_images: int = 2048,
                  split: str = "test", seed: int = 0, feature_extractor=None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, scalars: Callable | None = None):
         from progan.networks import ProGAN
 
         self.run = RunDir(run_dir)
@@ -117,6 +122,8 @@ class SnapshotEvaluator:
         self.num_images, self.split, self.seed = num_images, split, seed
         self.extractor = feature_extractor
         self.log = log
+        self.scalars = scalars or self._write_scalars
+        self._summary = None
         self._split: str | None = None
         self._reals: dict[int, np.ndarray] = {}
         self._real_values: dict[tuple, float] = {}
@@ -195,6 +202,16 @@ class SnapshotEvaluator:
             self._real_values[key] = compute(self.real_images(resolution))
         return self._real_values[key]
 
+    def _write_scalars(self, values: dict, images_seen: int) -> None:
+        from progan.backend import tf
+
+        if self._summary is None:
+            self._summary = tf.summary.create_file_writer(str(self.run_dir))
+        with self._summary.as_default(step=int(images_seen)):
+            for tag, value in values.items():
+                tf.summary.scalar(tag, float(value))
+        self._summary.flush()
+
     def evaluate(self, images_seen: int) -> dict[str, dict]:
         """Evaluate one snapshot, append its records to metrics.jsonl, update best.json and
         metrics.png. Returns ``{metric: record}``; a metric that does not apply at the
@@ -227,6 +244,8 @@ class SnapshotEvaluator:
             self.log(f"{prefix} {name:<7s} {result['value']:.4f}  "
                      f"({records[name]['seconds']:.1f} s)")
         self.run.append_metrics(list(records.values()))
+        self.scalars({f"Metrics/{name}": record["value"] for name, record in records.items()},
+                     images_seen)
         update_best(self.run, primary=self.metrics[0])
         plot_metrics(self.run_dir)
         self.log(f"{prefix} evaluated in {time.time() - started:.1f} s")

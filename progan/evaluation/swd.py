@@ -1,5 +1,8 @@
 """Sliced Wasserstein distance between Laplacian-pyramid patches (Karras et al. 2018, sec. 5).
 
+(Over 300 lines: one algorithm, pyramid, sampling and the linear-time comparison of sorted
+projections, whose parts are only meaningful together.)
+
 The protocol of the paper and its reference code:
 
 * each image (raw 0-255 values) is split into a Laplacian pyramid from its full resolution

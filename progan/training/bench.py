@@ -100,7 +100,7 @@ def bench(config: Config, resolutions: list[int], data: Path | None = None, seco
     reported as skipped.
     """
     from progan.dataset.synthetic import ensure_synthetic
-    from progan.training.trainer import Trainer
+    from progan.training.loop import Trainer
 
     top = max(resolutions)
     config = config.replace(**{"model.max_resolution": max(top, config.model.max_resolution)})
@@ -125,30 +125,28 @@ def bench(config: Config, resolutions: list[int], data: Path | None = None, seco
 
 def _bench_stage(trainer, resolution, fading, seconds, max_seconds, peak) -> dict:
     start = trainer.schedule.start_of(resolution, fading)
-    stage = trainer.schedule.stage_at(start)
-    trainer.images_seen.assign(start)
-    trainer._enter_stage(stage)
-    step = trainer._step_function(stage)
-    iterator = trainer._iterator(stage, start)
+    images_seen = trainer.state.images_seen
+    images_seen.assign(start)
+    stage, step, iterator = trainer.enter(start)
     per_call = trainer.config.training.steps_per_call
-    g_forward, d_forward = forward_flops(trainer.networks, resolution, fading)
+    g_forward, d_forward = forward_flops(trainer.state.networks, resolution, fading)
     flops = iteration_flops(g_forward, d_forward)
     row = {"resolution": resolution, "phase": stage.phase, "batch": stage.batch_size,
            "flops_per_image": flops, "g_forward_flops": g_forward, "d_forward_flops": d_forward}
     step(iterator, tf.constant(1, tf.int64))  # trace
     begin = time.perf_counter()
     step(iterator, tf.constant(1, tf.int64))
-    trainer.images_seen.numpy()
+    images_seen.numpy()
     first = time.perf_counter() - begin
     if first > max_seconds:
         return {**row, "skipped": f"one iteration took {first:.0f} s (over {max_seconds:.0f} s)"}
     calls = max(1, int(seconds / max(first * per_call, 1e-4)))
     step(iterator, tf.constant(per_call, tf.int64))
-    trainer.images_seen.numpy()
+    images_seen.numpy()
     begin = time.perf_counter()
     for _ in range(calls):
         step(iterator, tf.constant(per_call, tf.int64))
-    trainer.images_seen.numpy()
+    images_seen.numpy()
     elapsed = time.perf_counter() - begin
     images_per_sec = calls * per_call * stage.batch_size / elapsed
     achieved = images_per_sec * flops

@@ -48,8 +48,10 @@ class Reporter:
             if sys.stdout.isatty() and total_kimg:
                 from tqdm import tqdm
 
-                self._bar = tqdm(total=round(total_kimg, 3), initial=round(start_kimg, 3),
-                                 unit="kimg", dynamic_ncols=True, leave=False)
+                self._bar = tqdm(total=round(total_kimg, 1), initial=round(start_kimg, 1),
+                                 dynamic_ncols=True, leave=False,
+                                 bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg "
+                                            "[{elapsed}<{remaining}]")
 
     def log(self, message: str) -> None:
         if not self.chief:
@@ -70,35 +72,52 @@ class Reporter:
 
     def progress(self, kimg: float) -> None:
         if self._bar is not None:
-            self._bar.update(max(0.0, round(kimg - self._bar.n, 3)))
+            kimg = min(kimg, self._bar.total)  # never past the end: no negative remaining time
+            self._bar.update(max(0.0, kimg - self._bar.n))
 
     def tick(self, stats: dict) -> None:
-        """One tick: a log line, a stats.jsonl record and TensorBoard scalars."""
+        """One tick: a log line, a stats.jsonl record and TensorBoard scalars by group."""
         if not self.chief:
             return
         self.log(format_tick(stats))
         self.run.append_stats(stats)
-        writer = self._writer()
-        import tensorflow as tf
+        self.scalars({tag: stats[key] for tag, key in TENSORBOARD_TAGS.items() if key in stats},
+                     stats["images_seen"])
 
-        with writer.as_default(step=int(stats["images_seen"])):
-            for key, value in stats.items():
-                if isinstance(value, (int, float)) and key != "images_seen":
-                    tf.summary.scalar(key.replace(".", "/"), value)
-        writer.flush()
+    def scalars(self, values: dict, images_seen: int) -> None:
+        """TensorBoard scalars (``{"Group/name": value}``) at the step ``images_seen``."""
+        if not self.chief:
+            return
+        from progan.backend import tf
+
+        with self._writer().as_default(step=int(images_seen)):
+            for tag, value in values.items():
+                tf.summary.scalar(tag, float(value))
+        self._writer().flush()
 
     def images(self, name: str, grid: np.ndarray, images_seen: int) -> None:
         """A uint8 grid to TensorBoard."""
         if not self.chief:
             return
-        import tensorflow as tf
+        from progan.backend import tf
 
         with self._writer().as_default(step=int(images_seen)):
             tf.summary.image(name, grid[None])
+        self._writer().flush()
+
+    def text(self, name: str, markdown: str, images_seen: int = 0) -> None:
+        """A text panel in TensorBoard (the run's settings)."""
+        if not self.chief:
+            return
+        from progan.backend import tf
+
+        with self._writer().as_default(step=int(images_seen)):
+            tf.summary.text(name, markdown)
+        self._writer().flush()
 
     def _writer(self):
         if self._summary is None:
-            import tensorflow as tf
+            from progan.backend import tf
 
             self._summary = tf.summary.create_file_writer(str(self.run_dir))
         return self._summary
@@ -110,19 +129,47 @@ class Reporter:
             self._summary.close()
 
 
+# TensorBoard tag -> stats key
+TENSORBOARD_TAGS = {
+    "Loss/D": "loss_d", "Loss/G": "loss_g", "Loss/gradient_penalty": "penalty",
+    "Loss/wasserstein_estimate": "wasserstein",
+    "Progress/kimg": "kimg", "Progress/resolution": "resolution", "Progress/alpha": "alpha",
+    "Progress/skipped_steps": "skipped_steps", "Progress/loss_scale": "loss_scale",
+    "Progress/learning_rate_G": "g_lr", "Progress/learning_rate_D": "d_lr",
+    "Timing/sec_per_kimg": "sec_per_kimg", "Timing/images_per_sec": "images_per_sec",
+    "Timing/sec_per_tick": "sec_per_tick", "Timing/compile_sec": "compile_sec",
+    "Timing/maintenance_sec": "maintenance_sec", "Timing/elapsed_hours": "elapsed_hours",
+    "Timing/eta_hours": "eta_hours", "Resources/peak_memory_gib": "memory_gib",
+}
+
+
+def duration(seconds: float) -> str:
+    """``3725`` -> ``"1h 02m"``; ``75`` -> ``"1m 15s"``."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours >= 24:
+        return f"{hours // 24}d {hours % 24:02d}h"
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
 def format_tick(stats: dict) -> str:
+    """One tick line: where the run is, its losses, its speed and when it will end."""
     alpha = f" alpha {stats['alpha']:.3f}" if stats.get("fading") else ""
-    return (f"tick {stats['tick']:<4d} kimg {stats['kimg']:<9.1f} res {stats['resolution']:<4d}"
-            f"{stats['phase']:<7s}{alpha} loss D {stats['loss_d']:+.4f} G {stats['loss_g']:+.4f} "
-            f"gp {stats['penalty']:.4f} sec/tick {stats['sec_per_tick']:<7.1f} "
-            f"sec/kimg {stats['sec_per_kimg']:<7.3f} img/s {stats['images_per_sec']:<8.1f} "
+    return (f"tick {stats['tick']:<4d} kimg {stats['kimg']:.1f}/{stats['total_kimg']:g} "
+            f"res {stats['resolution']}x{stats['resolution']} {stats['phase']}{alpha}  "
+            f"loss D {stats['loss_d']:+.4f} G {stats['loss_g']:+.4f} gp {stats['penalty']:.4f}  "
+            f"sec/kimg {stats['sec_per_kimg']:.2f} img/s {stats['images_per_sec']:.1f} "
+            f"compile {stats['compile_sec']:.1f}s maint {stats['maintenance_sec']:.1f}s  "
+            f"elapsed {duration(stats['elapsed_sec'])} ETA {duration(stats['eta_sec'])}  "
             f"mem {stats['memory_gib']:.2f}GiB skipped {stats['skipped_steps']}")
 
 
-def plot_curves(run, boundaries_kimg: list[float]) -> Path | None:
-    """RUN/curves.png: losses and images/s against kimg, stage boundaries marked."""
+def plot_curves(run, stages) -> Path | None:
+    """RUN/curves.png: losses, the gradient penalty and the speed against kimg; each stage
+    boundary is drawn and labelled with its resolution and phase. ``stages``: the
+    schedule's `Stage` list."""
     stats = run.read_stats()
-    run_dir = run.path
     if not stats:
         return None
     import matplotlib
@@ -131,23 +178,76 @@ def plot_curves(run, boundaries_kimg: list[float]) -> Path | None:
     import matplotlib.pyplot as plt
 
     kimg = [s["kimg"] for s in stats]
-    figure, (losses, speed) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    figure, (losses, penalty, speed) = plt.subplots(3, 1, figsize=(10, 8), sharex=True,
+                                                    gridspec_kw={"height_ratios": [3, 2, 2]})
     losses.plot(kimg, [s["loss_d"] for s in stats], label="D loss")
     losses.plot(kimg, [s["loss_g"] for s in stats], label="G loss")
-    losses.plot(kimg, [s["penalty"] for s in stats], label="gradient penalty")
-    losses.set_ylabel("loss")
-    losses.legend(loc="upper right")
+    losses.set_ylabel("loss (per image)")
+    losses.legend(loc="upper right", fontsize="small")
+    penalty.plot(kimg, [s["penalty"] for s in stats], color="tab:red")
+    penalty.set_ylabel("gradient penalty\n(||grad D|| - 1)^2")
     speed.plot(kimg, [s["images_per_sec"] for s in stats], color="tab:green")
-    speed.set_ylabel("images / s")
-    speed.set_xlabel("kimg")
-    for axis in (losses, speed):
-        for boundary in boundaries_kimg:
-            if boundary <= max(kimg):
-                axis.axvline(boundary, color="grey", linestyle=":", linewidth=1)
+    speed.set_ylabel("training speed\n(images / s)")
+    speed.set_xlabel("kimg (thousands of real images shown)")
+    for axis in (losses, penalty, speed):
+        for stage in stages:
+            if 0 < stage.start_images / 1000 <= max(kimg):
+                axis.axvline(stage.start_images / 1000, color="grey", linestyle=":", linewidth=1)
         axis.grid(alpha=0.3)
-    figure.suptitle(f"{Path(run_dir).name}: training curves (dotted: stage boundaries)")
+    for stage in stages:
+        if stage.start_images / 1000 <= max(kimg):
+            losses.annotate(f"{stage.resolution}² {'fade' if stage.fading else 'stable'}",
+                            (stage.start_images / 1000, 1.0), xycoords=("data", "axes fraction"),
+                            xytext=(2, -2), textcoords="offset points", fontsize="x-small",
+                            va="top", color="dimgrey")
+    figure.suptitle(f"{run.path.name}: training curves (dotted: a new stage starts)")
     figure.tight_layout()
-    path = Path(run_dir) / "curves.png"
+    path = run.path / "curves.png"
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def startup_summary(config, data, strategy, run_path, presets: dict) -> list[str]:
+    """The lines a run prints before it trains: what it is, on what, with what, for how long."""
+    from progan.dataset.reader import open_dataset
+    from progan.run import data_fingerprint
+    from progan.training.schedule import Schedule
+
+    nearest = min(presets, key=lambda name: len(presets[name]().diff(config)))
+    differences = presets[nearest]().diff(config)
+    changed = ", ".join(f"{name}={_setting(config, name)!r}" for name in differences) or "none"
+    info = open_dataset(data)
+    levels = sorted(info.level_files)
+    schedule = Schedule(config.schedule, config.model.max_resolution)
+    phases = []
+    for stage in schedule.stages():
+        kimg = (min(stage.end_images, schedule.total_images) - stage.start_images) / 1000
+        phases.append(f"{stage.resolution}² {'fade' if stage.fading else 'stable'} {kimg:g}")
+    replicas = strategy.num_replicas_in_sync
+    batches = sorted({stage.batch_size for stage in schedule.stages()})
+    devices = ", ".join(strategy.extended.worker_devices)
+    training = config.training
+    precision = {"off": "float32", "bf16": "mixed bfloat16", "fp16": "mixed float16 (loss scaling)"}
+    return [
+        f"run        {run_path}",
+        f"preset     {nearest}; settings that differ: {changed}",
+        f"data       {data}: {info.image_count:,} images ({info.train_count:,} train), levels "
+        f"{levels[0]}..{levels[-1]}, fingerprint {data_fingerprint(data)}",
+        f"strategy   {type(strategy).__name__}, {replicas} replica(s) on {devices}",
+        f"precision  {precision[training.mixed_precision]}, XLA {'on' if training.xla else 'off'}, "
+        f"deterministic {'on' if training.deterministic else 'off'}",
+        f"batch      {'/'.join(map(str, batches))} global = "
+        f"{'/'.join(str(b // replicas) for b in batches)} per replica",
+        f"model      latent {config.model.latent_size}, fmap_base {config.model.fmap_base}, "
+        f"fmap_max {config.model.fmap_max}, 4² -> {config.model.max_resolution}²",
+        f"optimiser  Adam lr G {config.schedule.g_lr:g} D {config.schedule.d_lr:g}, "
+        f"beta ({config.optimizer.beta1:g}, {config.optimizer.beta2:g}), EMA {training.ema_beta:g}, "
+        f"loss {config.loss.name}",
+        f"schedule   kimg per phase: {'; '.join(phases)}; total {schedule.total_kimg:g} kimg",
+    ]
+
+
+def _setting(config, dotted: str):
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)

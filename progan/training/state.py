@@ -100,3 +100,91 @@ def read_ema(snapshot: Snapshot, ema) -> dict:
     return read_snapshot(snapshot, {2: network_checkpoint(ema),
                                     1: tf.train.Checkpoint(ema=list(ema.generator_variables()))},
                          partial=True)
+
+
+class TrainingState:
+    """Every variable of a run: both networks, the EMA generator, both Adam optimisers and
+    the counters, created once under the strategy's scope, with their checkpoints.
+
+    Args:
+        config: every setting.
+        strategy: the `tf.distribute.Strategy` the variables live under.
+    Attributes:
+        networks, ema: `ProGAN` (generator + discriminator) and its moving-average generator.
+        g_optimizer, d_optimizer: Keras Adam optimisers, built for every variable of their net.
+        images_seen, optimizer_stage, skipped_steps, nonfinite_streak: int64 counters.
+        loss_scale: the fp16 `LossScale` (1 and inert otherwise).
+        checkpoint, network_checkpoint: the full and the EMA-only `tf.train.Checkpoint`.
+        readable_formats: ``{format version: checkpoint}`` that `read_snapshot` takes.
+    """
+
+    def __init__(self, config, strategy):
+        from progan.backend import keras
+        from progan.networks import ProGAN
+        from progan.training.step import LossScale
+
+        self.config = config
+        with strategy.scope():
+            keras.utils.set_random_seed(config.training.seed)
+            self.networks = ProGAN(config.model)
+            self.ema = ProGAN(config.model, with_discriminator=False)
+            self.generator_variables = self.networks.generator_variables()
+            self.discriminator_variables = self.networks.discriminator_variables()
+            self.ema_variables = self.ema.generator_variables()
+            for ema, source in zip(self.ema_variables, self.generator_variables):
+                ema.assign(source)
+            adam = config.optimizer
+            self.g_optimizer, self.d_optimizer = (
+                keras.optimizers.Adam(learning_rate=lr, beta_1=adam.beta1, beta_2=adam.beta2,
+                                      epsilon=adam.epsilon, name=name)
+                for lr, name in ((config.schedule.g_lr, "g_adam"), (config.schedule.d_lr, "d_adam")))
+            self.g_optimizer.build(self.generator_variables)
+            self.d_optimizer.build(self.discriminator_variables)
+            self.images_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="images_seen")
+            self.optimizer_stage = tf.Variable(-1, dtype=tf.int64, trainable=False)
+            self.nonfinite_streak = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self.loss_scale = LossScale(enabled=config.training.mixed_precision == "fp16")
+        counters = {"images_seen": self.images_seen, "optimizer_stage": self.optimizer_stage,
+                    "loss_scale": self.loss_scale.scale, "finite_streak": self.loss_scale.finite_streak,
+                    "nonfinite_streak": self.nonfinite_streak, "skipped_steps": self.skipped_steps}
+        parts = (self.networks, self.ema, self.g_optimizer, self.d_optimizer, counters)
+        self.checkpoint = full_checkpoint(*parts)
+        self.readable_formats = {2: self.checkpoint, 1: legacy_checkpoint(*parts)}
+        self.network_checkpoint = network_checkpoint(self.ema)
+
+    def enter_stage(self, stage) -> None:
+        """The stage's learning rates; Adam reset when a fade starts or ends (reference)."""
+        self.g_optimizer.learning_rate.assign(stage.g_lr)
+        self.d_optimizer.learning_rate.assign(stage.d_lr)
+        if int(self.optimizer_stage.numpy()) == stage.index:
+            return
+        adam = self.config.optimizer
+        if self.optimizer_stage.numpy() >= 0 and ((stage.fading and adam.reset_on_fade_start)
+                                                  or (not stage.fading and adam.reset_on_fade_end)):
+            self.reset_optimizers()
+        self.optimizer_stage.assign(stage.index)
+
+    def reset_optimizers(self) -> None:
+        """Zero both Adam states (moments and step counts), keeping the learning rates."""
+        for optimizer in (self.g_optimizer, self.d_optimizer):
+            for variable in optimizer.variables:
+                if variable.path != optimizer.learning_rate.path:
+                    variable.assign(tf.zeros_like(variable))
+
+    def weights_finite(self) -> bool:
+        variables = self.generator_variables + self.discriminator_variables + self.ema_variables
+        return bool(all(tf.reduce_all(tf.math.is_finite(v)).numpy() for v in variables))
+
+    def ema_images(self, latents, stage):
+        """uint8 images of the EMA generator at ``stage`` (its resolution and alpha)."""
+        import numpy as np
+
+        from progan.images import to_uint8
+
+        self.ema.set_alpha(stage.alpha)
+        generator = self.ema.generator(stage.resolution, stage.fading)
+        # Direct calls, not Model.predict: predict would run collectives under a multi-worker
+        # strategy, and only the chief draws images.
+        return np.concatenate([to_uint8(generator(latents[i:i + 64], training=False))
+                               for i in range(0, len(latents), 64)])

@@ -26,19 +26,19 @@ from progan.training import trainer as training  # noqa: E402
 
 def expected_outputs(trainer) -> dict:
     """What the networks of a trainer compute at its current stage (the fixture's check)."""
-    stage = trainer.schedule.stage_at(int(trainer.images_seen.numpy()))
+    stage = trainer.schedule.stage_at(int(trainer.state.images_seen.numpy()))
     latents = np.random.default_rng(5).standard_normal(
         (4, trainer.config.model.latent_size)).astype(np.float32)
     images = np.random.default_rng(6).uniform(
         -1, 1, (4, stage.resolution, stage.resolution, 3)).astype(np.float32)
-    trainer.ema.set_alpha(stage.alpha)
-    trainer.networks.set_alpha(stage.alpha)
+    trainer.state.ema.set_alpha(stage.alpha)
+    trainer.state.networks.set_alpha(stage.alpha)
     return {
         "latents": latents, "d_images": images,
-        "ema_images": trainer.ema.generator(stage.resolution, stage.fading)(latents).numpy(),
-        "generator_images": trainer.networks.generator(stage.resolution, stage.fading)(latents).numpy(),
-        "d_scores": trainer.networks.discriminator(stage.resolution, stage.fading)(images).numpy(),
-        "images_seen": np.int64(trainer.images_seen.numpy())}
+        "ema_images": trainer.state.ema.generator(stage.resolution, stage.fading)(latents).numpy(),
+        "generator_images": trainer.state.networks.generator(stage.resolution, stage.fading)(latents).numpy(),
+        "d_scores": trainer.state.networks.discriminator(stage.resolution, stage.fading)(images).numpy(),
+        "images_seen": np.int64(trainer.state.images_seen.numpy())}
 
 
 def main(out: Path) -> None:

@@ -1,0 +1,412 @@
+"""The training loop of one run, in the manner of stylegan2-ada's ``training_loop``.
+
+    trainer = Trainer(config, data, "runs/x")    # set up: process settings, state, reporter
+    trainer.restore()                            # restore: the newest readable snapshot
+    trainer.train()                              # loop: stages, ticks, snapshots, metrics; done
+
+`Trainer.train` reads top to bottom in phases; the variables live in
+`progan.training.state.TrainingState`, the compiled step in `progan.training.step`, the run
+directory in `progan.run.RunDir`. Constructing a trainer writes nothing. (Over 300 lines:
+the loop with what it calls each tick and snapshot, kept in one place to read in order.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from pathlib import Path
+
+from progan.backend import keras, tf
+from progan.config import Config, TrainingConfig
+from progan.images import format_seeds, image_grid, save_png, seed_latents
+from progan.run import FormatError, RunDir, RunError
+from progan.training import distribute, state as states
+from progan.training.report import Reporter, duration, memory_gib, plot_curves, startup_summary
+from progan.training.schedule import Schedule, Stage
+from progan.training.step import StepStats, build_step
+
+# A stop request (SIGTERM/SIGINT) is seen between compiled calls; calls are shortened to
+# about this many seconds so a preempted job snapshots and exits quickly.
+CALL_SECONDS = 2.0
+
+
+class TrainingError(RunError):
+    """A run cannot start or continue; the message says why and what to do."""
+
+
+def fakes_name(images_seen: int) -> str:
+    """``fakes<kimg>.png``, kimg zero-padded with three decimals so names sort by time."""
+    return f"fakes{images_seen / 1000:09.3f}.png"
+
+
+def configure_process(training: TrainingConfig) -> None:
+    """The process-wide settings of a run, in one place: the Keras dtype policy (mixed
+    precision) and op determinism. (The seed is set where the networks are built.)"""
+    policy = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+    keras.mixed_precision.set_global_policy(policy[training.mixed_precision])
+    if training.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def check_batches(config: Config, strategy) -> None:
+    """Every stage's batch splits over the replicas and each slice over minibatch-stddev groups."""
+    schedule = Schedule(config.schedule, config.model.max_resolution)
+    for stage in schedule.stages():
+        try:
+            distribute.check_global_batch(strategy, stage.batch_size, config.model.mbstd_group_size)
+        except distribute.DistributeError as error:
+            raise TrainingError(f"--batch {stage.batch_size} at {stage.resolution}x"
+                                f"{stage.resolution}: {error}") from None
+
+
+@dataclasses.dataclass
+class TickClock:
+    """Where the time of one tick went: compiling (the first call of a stage traces it),
+    training, and maintenance (snapshots, grids, metrics)."""
+
+    start_images: int
+    start_time: float = dataclasses.field(default_factory=time.time)
+    compile: float = 0.0
+    train: float = 0.0
+    train_images: int = 0
+    maintenance: float = 0.0
+
+
+class Trainer:
+    """One run's state, compiled steps and reporting; `train` is the loop.
+
+    Args:
+        config: every setting (`progan.config.Config`).
+        data: the prepared dataset directory.
+        run_dir: where snapshots, logs and images go (a path or a `RunDir`).
+        strategy: a `tf.distribute.Strategy` (default: ``config.training.strategy``).
+    """
+
+    def __init__(self, config: Config, data: Path, run_dir, strategy=None):
+        configure_process(config.training)
+        self.config, self.data = config, Path(data)
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.run_dir = self.run.path
+        self.strategy = strategy or distribute.make_strategy(config.training.strategy)
+        self.chief = distribute.is_chief(self.strategy)
+        self.schedule = Schedule(config.schedule, config.model.max_resolution)
+        check_batches(config, self.strategy)
+        self.state = states.TrainingState(config, self.strategy)
+        with self.strategy.scope():
+            self.stats = StepStats()
+        self.reporter = Reporter(self.run, chief=self.chief, total_kimg=self.schedule.total_kimg)
+        # fakes*.png show seeds 0 .. grid_size^2 - 1 (`progan generate --seeds` draws them again)
+        self.grid_seeds = list(range(config.training.grid_size ** 2))
+        self.next_tick = 0
+        self._sec_per_kimg: dict[int, float] = {}  # training speed measured per resolution
+        self._elapsed_before = 0.0  # training time of earlier sessions of this run
+        self._session_start = time.time()
+        self._estimated = False
+        self._steps: dict = {}
+        self._stop_requested = False
+        self._last_metrics = None
+        self._evaluator = None
+
+    # -- compiled steps and data -------------------------------------------------------------
+
+    def step_function(self, stage: Stage):
+        """The compiled step of a stage (traced on first use, then reused)."""
+        if stage.key not in self._steps:
+            self._steps[stage.key] = build_step(self.state, stage, self.strategy, self.stats)
+        return self._steps[stage.key]
+
+    def iterator(self, stage: Stage, images_seen: int):
+        """Global batches of the stage's resolution from stream position ``images_seen`` on."""
+        from progan.dataset import reader
+
+        def make_dataset():
+            return reader.load(self.data, stage.resolution, split="train", batch_size=stage.batch_size,
+                               mirror=self.config.training.mirror, seed=self.config.training.seed,
+                               start_image=images_seen)
+
+        return iter(distribute.distribute_global_batches(self.strategy, make_dataset, stage.batch_size))
+
+    def enter(self, images_seen: int):
+        """The stage at ``images_seen`` with its learning rates and Adam resets applied, its
+        compiled step and a data iterator positioned there."""
+        stage = self.schedule.stage_at(images_seen)
+        self.state.enter_stage(stage)
+        return stage, self.step_function(stage), self.iterator(stage, images_seen)
+
+    def run_iterations(self, count: int) -> None:
+        """Run ``count`` iterations from the current images seen, without ticks or snapshots
+        (tests and benchmarks). Every iteration uses the stage it starts in."""
+        for _ in range(count):
+            _, step, iterator = self.enter(int(self.state.images_seen.numpy()))
+            step(iterator, tf.constant(1, tf.int64))
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self) -> None:
+        """Full and network snapshots, the fixed-seed grid of the EMA generator, the curves."""
+        images_seen = int(self.state.images_seen.numpy())
+        if not self.state.weights_finite():
+            self.reporter.log(f"not writing a snapshot at kimg {images_seen / 1000:.1f}: "
+                              "the weights are not finite")
+            return
+        if not self.chief:
+            return
+        written = self.run.write_snapshot(images_seen, "full", self.state.checkpoint)
+        self.run.write_snapshot(images_seen, "network", self.state.network_checkpoint)
+        self.run.prune(self.config.training.keep_checkpoints)
+        latents = seed_latents(self.grid_seeds, self.config.model.latent_size)
+        grid = image_grid(self.state.ema_images(latents, self.schedule.stage_at(images_seen)),
+                          self.config.training.grid_size)
+        save_png(self.run_dir / fakes_name(images_seen), grid)
+        self.reporter.images("fakes", grid, images_seen)
+        plot_curves(self.run, self.schedule.stages())
+        self.reporter.log(f"snapshot {written.name} at kimg {images_seen / 1000:.1f}")
+        self._evaluate_if_due(images_seen)
+
+    def restore(self, images_seen: int | None = None, run: RunDir | None = None) -> int:
+        """Load a full snapshot of ``run`` (default: this run) and return its images seen.
+
+        Without ``images_seen``: the newest snapshot that reads completely; each one that does
+        not is named in the log and on stderr, set aside as ``damaged-<name>`` and the previous
+        one is tried. With ``images_seen`` (fine-tuning): exactly that snapshot, or an error.
+        """
+        run = run or self.run
+        for path in run.remove_stale_temporaries():
+            self.reporter.warn(f"removed {path}, a snapshot left unfinished by a killed process")
+        snapshots = run.snapshots("full")
+        if images_seen is not None:
+            chosen = [s for s in snapshots if s.images_seen == images_seen]
+            if not chosen:
+                raise TrainingError(f"{run.path}: no full snapshot at kimg {images_seen / 1000:g}")
+            states.read_snapshot(chosen[0], self.state.readable_formats)
+            return images_seen
+        for snapshot in reversed(snapshots):
+            try:
+                states.read_snapshot(snapshot, self.state.readable_formats)
+            except FormatError:
+                raise
+            except RunError as error:
+                moved = run.set_aside(snapshot) if self.chief else snapshot.path
+                self.reporter.warn(f"warning: {error}; set aside as {moved.name}, "
+                                   "falling back to the previous snapshot")
+                continue
+            seen = int(self.state.images_seen.numpy())
+            if seen != snapshot.images_seen:
+                raise TrainingError(f"{snapshot.path}: holds images_seen {seen}, not "
+                                    f"{snapshot.images_seen} as its name says")
+            if self.chief:
+                self.next_tick = run.rewind_stats(seen)
+            self.reporter.log(f"resumed from {snapshot.name} at kimg {seen / 1000:.1f}")
+            return seen
+        raise TrainingError(f"{run.path}: no readable snapshot to resume from"
+                            + (" (the damaged ones were set aside)" if snapshots else ""))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        """Run (or continue) to the end of the schedule. Returns the last tick's stats."""
+        training = self.config.training
+        # Set up: the run directory, what this run is, the reals grid, stop requests.
+        if self.chief:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._summarise()
+        self._save_reals()
+        previous_handlers = self._install_signal_handlers()
+        try:
+            # A new run snapshots its untrained networks first (kimg 0 in every curve).
+            images_seen = int(self.state.images_seen.numpy())
+            if not self.run.snapshots("full"):
+                self.state.enter_stage(self.schedule.stage_at(images_seen))
+                self.snapshot()
+            self.reporter.log(
+                f"training {self.run_dir} from kimg {images_seen / 1000:.1f} to "
+                f"{self.schedule.total_kimg:.1f} on {self.strategy.num_replicas_in_sync} replica(s), "
+                f"{type(self.strategy).__name__}; fakes*.png show seeds "
+                f"{format_seeds(self.grid_seeds)} of the EMA generator")
+            # Loop: stage by stage; ticks, snapshots and metrics fall on their kimg.
+            stats, images_seen, last_snapshot = self._loop(training, images_seen)
+            # Done (or stopped): the last state is always a snapshot.
+            if last_snapshot != images_seen:
+                self.snapshot()
+            if self._stop_requested:
+                self.reporter.log(f"stopped at kimg {images_seen / 1000:.1f} on request; "
+                                  f"continue with: progan resume {self.run_dir}")
+            else:
+                self.reporter.log(f"done: kimg {images_seen / 1000:.1f}")
+            return {**stats, "stopped": self._stop_requested, "images_seen": images_seen}
+        finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+            self.reporter.close()
+
+    def _loop(self, training, images_seen: int) -> tuple[dict, int, int]:
+        """Stages until the end of the schedule or a stop request; returns the last tick's
+        stats, images seen and the images seen of the last snapshot."""
+        tick_images = max(int(training.tick_kimg * 1000), 1)
+        snapshot_images = max(int(training.snapshot_kimg * 1000), 1)
+        tick, clock = self.next_tick, TickClock(images_seen)
+        last_snapshot, stats, rollbacks = images_seen, {}, {}
+        steps_per_call = training.steps_per_call
+        while not self.schedule.is_finished(images_seen) and not self._stop_requested:
+            stage, step, iterator = self.enter(images_seen)
+            stage_end = min(stage.end_images, self.schedule.total_images)
+            first_call = True  # traces the stage's graph: compile time, not training time
+            while images_seen < stage_end and not self._stop_requested:
+                horizon = min(stage_end, clock.start_images + tick_images, last_snapshot + snapshot_images)
+                steps = max(1, min(steps_per_call, math.ceil((horizon - images_seen) / stage.batch_size)))
+                call_start = time.time()
+                step(iterator, tf.constant(steps, tf.int64))
+                seconds = time.time() - call_start
+                if first_call:
+                    clock.compile += seconds
+                else:
+                    clock.train, clock.train_images = clock.train + seconds, clock.train_images + steps * stage.batch_size
+                    if seconds > CALL_SECONDS and steps_per_call > 1:
+                        # The same iterations in shorter calls: only how often a stop is seen changes.
+                        steps_per_call = max(1, int(steps * CALL_SECONDS / seconds))
+                first_call = False
+                images_seen += steps * stage.batch_size
+                self.reporter.progress(images_seen / 1000)
+                if images_seen >= clock.start_images + tick_images or images_seen >= stage_end:
+                    stats = self._tick(tick, stage, images_seen, clock)
+                    tick, clock = tick + 1, TickClock(images_seen)
+                    if int(self.state.nonfinite_streak.numpy()) >= training.max_nonfinite_steps:
+                        images_seen = last_snapshot = self._roll_back(rollbacks)
+                        tick, clock = self.next_tick, TickClock(images_seen)
+                        break
+                if images_seen >= last_snapshot + snapshot_images or images_seen >= stage_end:
+                    maintenance_start = time.time()
+                    self.snapshot()
+                    clock.maintenance += time.time() - maintenance_start
+                    last_snapshot = images_seen
+        return stats, images_seen, last_snapshot
+
+    def _roll_back(self, rollbacks: dict) -> int:
+        latest = self.run.snapshots("full")[-1].images_seen
+        rollbacks[latest] = rollbacks.get(latest, 0) + 1
+        if rollbacks[latest] > 1:
+            raise TrainingError(
+                f"{self.config.training.max_nonfinite_steps} non-finite steps in a row again after "
+                f"rolling back to kimg {latest / 1000:.1f}; lower the learning rate "
+                f"(progan finetune {self.run_dir} --lr-scale 0.5 ...)")
+        seen = self.restore()
+        self.state.nonfinite_streak.assign(0)
+        self.reporter.log(f"{self.config.training.max_nonfinite_steps} non-finite steps in a row: "
+                          f"rolled back to the snapshot at kimg {seen / 1000:.1f}")
+        return seen
+
+    def _tick(self, tick, stage: Stage, images_seen: int, clock: TickClock) -> dict:
+        means = self.stats.take()
+        elapsed = max(time.time() - clock.start_time, 1e-9)
+        sec_per_kimg = (clock.train / (clock.train_images / 1000) if clock.train_images
+                        else elapsed / max((images_seen - clock.start_images) / 1000, 1e-9))
+        if clock.train_images:
+            self._sec_per_kimg[stage.resolution] = sec_per_kimg
+        current = self.schedule.stage_at(min(images_seen, self.schedule.total_images - 1))
+        elapsed_total = self._elapsed_before + time.time() - self._session_start
+        stats = {
+            "tick": tick, "kimg": images_seen / 1000, "images_seen": images_seen,
+            "total_kimg": self.schedule.total_kimg,
+            "resolution": stage.resolution, "phase": stage.phase, "fading": stage.fading,
+            "alpha": current.alpha if current.index == stage.index else 1.0,
+            **{name: means[name] for name in ("loss_d", "penalty", "loss_g", "wasserstein")},
+            "sec_per_tick": elapsed, "sec_per_kimg": sec_per_kimg,
+            "images_per_sec": (images_seen - clock.start_images) / elapsed,
+            "compile_sec": clock.compile, "maintenance_sec": clock.maintenance,
+            "elapsed_sec": elapsed_total, "elapsed_hours": elapsed_total / 3600,
+            "eta_sec": self._eta(images_seen), "memory_gib": memory_gib(),
+            "skipped_steps": int(self.state.skipped_steps.numpy()),
+            "loss_scale": float(self.state.loss_scale.scale.numpy()),
+            "g_lr": stage.g_lr, "d_lr": stage.d_lr,
+        }
+        stats["eta_hours"] = stats["eta_sec"] / 3600
+        self.reporter.tick(stats)
+        if not self._estimated and clock.train_images:
+            self._estimated = True
+            self.reporter.log(f"estimated time to the end: {duration(stats['eta_sec'])} (from "
+                              f"{clock.train_images} images at {stage.resolution}x"
+                              f"{stage.resolution}; every tick line updates it)")
+        return stats
+
+    def _eta(self, images_seen: int) -> float:
+        """Seconds of training left: each remaining stage at the speed measured at its
+        resolution, or, not yet measured, at the highest measured one scaled by the pixels."""
+        if not self._sec_per_kimg:
+            return 0.0
+        known = max(self._sec_per_kimg)
+        seconds = 0.0
+        for stage in self.schedule.stages():
+            end = min(stage.end_images, self.schedule.total_images)
+            left = (end - max(stage.start_images, images_seen)) / 1000
+            if left > 0:
+                speed = self._sec_per_kimg.get(stage.resolution,
+                                               self._sec_per_kimg[known] * (stage.resolution / known) ** 2)
+                seconds += left * speed
+        return seconds
+
+    def _summarise(self) -> None:
+        """The start-up summary: in the log, on stdout and as TensorBoard text."""
+        from progan.config import PRESETS
+
+        previous = self.run.read_stats()
+        self._elapsed_before = previous[-1].get("elapsed_sec", 0.0) if previous else 0.0
+        lines = startup_summary(self.config, self.data, self.strategy, self.run_dir, PRESETS)
+        for line in lines:
+            self.reporter.log(line)
+        self.reporter.text("settings", "\n".join(f"    {line}" for line in lines)
+                           + "\n\n```json\n" + self.config.to_json() + "\n```")
+
+    # -- around the loop ---------------------------------------------------------------------
+
+    def _evaluate_if_due(self, images_seen: int) -> None:
+        """`--metrics` during training: evaluate snapshots every ``metrics_kimg`` (chief only)."""
+        training = self.config.training
+        if not training.metrics:
+            return
+        due = self._last_metrics is None or images_seen - self._last_metrics >= training.metrics_kimg * 1000 \
+            or self.schedule.is_finished(images_seen)
+        if not due:
+            return
+        if self._evaluator is None:
+            from progan.evaluation.run import SnapshotEvaluator
+
+            self._evaluator = SnapshotEvaluator(self.run_dir, training.metrics,
+                                                num_images=training.metrics_num_images,
+                                                seed=training.seed, log=self.reporter.log,
+                                                scalars=self.reporter.scalars)
+        self._evaluator.evaluate(images_seen)
+        self._last_metrics = images_seen
+
+    def _save_reals(self) -> None:
+        path = self.run_dir / "reals.png"
+        if not self.chief or path.exists():
+            return
+        from progan.dataset import reader
+
+        resolution = self.config.model.max_resolution
+        count = self.config.training.grid_size ** 2
+        try:
+            reals = reader.read_images(self.data, resolution, "train", count)
+        except Exception as error:  # a small dataset or a missing level must not stop training
+            self.reporter.log(f"reals.png skipped: {error}")
+            return
+        grid = image_grid(reals, self.config.training.grid_size)
+        save_png(path, grid)
+        self.reporter.images("reals", grid, 0)
+
+    def _install_signal_handlers(self):
+        def request_stop(signum, frame):
+            self._stop_requested = True
+
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, request_stop)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+    def request_stop(self) -> None:
+        self._stop_requested = True

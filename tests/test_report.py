@@ -1,0 +1,86 @@
+"""What a person watching a run sees: start-up summary, tick lines, stats, TensorBoard, plots."""
+
+import json
+
+from conftest import TINY_CONFIG
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from progan.config import Config
+from progan.run import RunDir, RunInfo
+from progan.training import trainer as training
+from progan.training.report import duration, format_tick
+
+
+def tensorboard(run_dir) -> dict:
+    """{tag: [(step, value)]} of every scalar event file in the run directory."""
+    scalars: dict = {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(path), size_guidance={"tensors": 0, "images": 0})
+        events.Reload()
+        for tag in events.Tags()["tensors"]:
+            for event in events.Tensors(tag):
+                value = event.tensor_proto
+                scalars.setdefault(tag, []).append((event.step, value))
+    return scalars
+
+
+def test_a_run_with_one_resume_tells_what_it_is_where_it_is_and_when_it_ends(tmp_path, tiny_dataset):
+    from tensorboard.util import tensor_util
+
+    config = Config.from_dict(TINY_CONFIG).replace(**{
+        "schedule.total_kimg": 0.3, "training.metrics": ["swd"], "training.metrics_kimg": 0.2,
+        "training.metrics_num_images": 16})
+    run_dir = tmp_path / "run"
+    RunDir(run_dir).write(RunInfo(config, tiny_dataset, None))
+    trainer = training.Trainer(config, tiny_dataset, run_dir)
+    # first session: stop after the second tick, as a preemption would
+    original = trainer._tick
+
+    def stop_after_two(*args, **kwargs):
+        stats = original(*args, **kwargs)
+        if stats["tick"] == 1:
+            trainer.request_stop()
+        return stats
+
+    trainer._tick = stop_after_two
+    assert trainer.train()["stopped"]
+    training.resume(run_dir, data=tiny_dataset, allow_different_data=True)
+
+    log = (run_dir / "log.txt").read_text()
+    for field in ("preset     celeba64; settings that differ: model.latent_size=16", "data       ", "fingerprint", "strategy   OneDeviceStrategy, 1 replica(s)",
+                  "precision  float32, XLA off", "batch      8 global = 8 per replica",
+                  "schedule   kimg per phase: 4² stable 0.2; 8² fade 0.1; total 0.3 kimg",
+                  "estimated time to the end"):
+        assert field in log, field
+    assert log.count("run        ") == 2  # one summary per session
+    stats = RunDir(run_dir).read_stats()
+    assert [s["tick"] for s in stats] == list(range(len(stats))) and len(stats) >= 3
+    for record in stats:
+        assert {"elapsed_sec", "eta_sec", "total_kimg", "compile_sec", "maintenance_sec",
+                "sec_per_kimg"} <= record.keys()
+        assert record["total_kimg"] == 0.3 and record["eta_sec"] >= 0
+    assert stats[-1]["elapsed_sec"] > stats[0]["elapsed_sec"]  # continues across the resume
+    assert stats[-1]["eta_sec"] == 0.0  # nothing left
+    assert stats[0]["compile_sec"] > 0  # the first tick traced the 4x4 graph
+    line = format_tick(stats[-1])
+    assert "kimg 0.3/0.3" in line and "ETA 0m 00s" in line and "res 8x8 fading" in line
+
+    scalars = tensorboard(run_dir)
+    for tag in ("Loss/D", "Loss/G", "Loss/gradient_penalty", "Progress/kimg", "Progress/resolution",
+                "Timing/sec_per_kimg", "Timing/eta_hours", "Metrics/swd"):
+        assert tag in scalars, (tag, sorted(scalars))
+    swd_records = {r["images_seen"]: r["value"] for r in RunDir(run_dir).read_metrics()}
+    for step, value in scalars["Metrics/swd"]:
+        assert abs(float(tensor_util.make_ndarray(value)) - swd_records[step]) < 1e-4
+    images = set()
+    for path in run_dir.glob("events.out.tfevents.*"):
+        events = EventAccumulator(str(path), size_guidance={"tensors": 0})
+        events.Reload()
+        images |= set(events.Tags()["tensors"])
+    assert {"reals", "fakes", "settings"} <= images
+    assert (run_dir / "curves.png").stat().st_size > 10_000
+
+
+def test_durations_read_like_a_clock():
+    assert duration(0) == "0m 00s" and duration(75) == "1m 15s"
+    assert duration(3725) == "1h 02m" and duration(3 * 86400 + 7200) == "3d 02h"
