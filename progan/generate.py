@@ -27,12 +27,17 @@ from progan.config import Config
 from progan.networks import ProGAN
 from progan.images import enlarge, seed_latents, to_uint8
 from progan.training.schedule import Schedule, Stage
+from progan.errors import ProganError
 from progan.run import RunDir
 from progan.training.state import read_ema
 
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "generator.keras"
 EXPORT_INFO = "export.json"
+
+
+class ExportError(ProganError):
+    """An export cannot be written where asked."""
 
 
 class LoadedGenerator(NamedTuple):
@@ -195,14 +200,21 @@ def export(run_dir: Path, out: Path, snapshot: str | int | float = "latest", log
     * ``out/saved_model/``: a TensorFlow SavedModel with the ``serving_default`` signature
       ``latents`` float32 [None, latent_size] -> ``images`` uint8 [None, R, R, C]; it loads
       with plain ``tf.saved_model.load`` (no progan needed);
-    * ``out/generator.keras``: the Keras model (float32 images in about [-1, 1]); loading it
-      with ``keras.saving.load_model`` needs the progan layers registered
-      (``import progan.layers``);
-    * ``out/export.json``: the run, snapshot, kimg, resolution, alpha and model config.
+    * ``out/generator.keras``: the generator rebuilt from Keras's built-in layers
+      (`progan.portable`), float32 latents -> float32 images in about [-1, 1]; it loads with
+      plain ``keras.saving.load_model`` (no progan needed);
+    * ``out/export.json``: the run, snapshot, kimg, resolution, alpha, model config and how to
+      load each file.
 
-    Returns that description with the paths.
+    ``out`` must be new, empty, or an earlier export (its export.json is there): nothing
+    else is ever replaced. Returns the description.
     """
+    from progan.portable import portable_generator
+
     run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / EXPORT_INFO).is_file())):
+        raise ExportError(f"--out {out}: exists and is not an earlier export (no {EXPORT_INFO}); "
+                          "choose a new or empty directory")
     loaded = load_generator(run_dir, snapshot, log=log)
     out.mkdir(parents=True, exist_ok=True)
     saved_model = out / SAVED_MODEL_DIR
@@ -211,7 +223,7 @@ def export(run_dir: Path, out: Path, snapshot: str | int | float = "latest", log
     module = ExportedGenerator(loaded.model)
     tf.saved_model.save(module, str(saved_model), signatures={"serving_default": module.generate})
     keras_file = out / KERAS_FILE
-    loaded.model.save(keras_file)
+    portable_generator(loaded.model).save(keras_file)
     stage = loaded.stage
     description = {
         "run": str(run_dir.resolve()), "snapshot": RunDir(run_dir).snapshot_at(loaded.images_seen).name,
@@ -220,6 +232,12 @@ def export(run_dir: Path, out: Path, snapshot: str | int | float = "latest", log
         "latent_size": loaded.config.model.latent_size,
         "num_channels": loaded.config.model.num_channels,
         "saved_model": str(saved_model), "keras": str(keras_file),
+        "how_to_load": {
+            "saved_model": "tf.saved_model.load(path).signatures['serving_default']"
+                           "(latents=float32 [N, latent_size])['images'] -> uint8 [N, R, R, C]; "
+                           "TensorFlow only",
+            "keras": "keras.saving.load_model(path)(latents) -> float32 images in about [-1, 1]; "
+                     "built-in Keras layers only, no progan needed"},
         "model": loaded.config.to_dict()["model"],
     }
     (out / EXPORT_INFO).write_text(json.dumps(description, indent=2) + "\n")

@@ -194,28 +194,58 @@ SAVED_MODEL_CHECK = textwrap.dedent("""
 """)
 
 
-def test_export_reloads_without_progan_and_as_keras(tiny_run, tmp_path):
+KERAS_CHECK = textwrap.dedent("""
+    import sys
+    sys.modules["progan"] = None  # importing progan now fails: the file must not need it
     import keras
+    import numpy as np
 
-    import progan.layers  # noqa: F401  (registers the layers that load_model needs)
+    model = keras.saving.load_model(sys.argv[1])
+    np.save(sys.argv[3], model(np.load(sys.argv[2])).numpy())
+""")
 
+
+def test_export_reloads_without_progan_both_as_saved_model_and_keras(tiny_run, tmp_path):
     description = gen.export(tiny_run, tmp_path / "export", "0.304")  # a fading stage
-    assert json.loads((tmp_path / "export" / "export.json").read_text())["alpha"] == \
-        pytest.approx(0.52)
+    written = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert written["alpha"] == pytest.approx(0.52) and "no progan needed" in written["how_to_load"]["keras"]
     assert description["resolution"] == 8 and description["fading"]
     loaded = gen.load_generator(tiny_run, "0.304")
     latents = seed_latents(range(9, 14), 16)
     np.save(tmp_path / "latents.npy", latents)
 
-    result = subprocess.run(
-        [sys.executable, "-c", SAVED_MODEL_CHECK, description["saved_model"],
-         str(tmp_path / "latents.npy"), str(tmp_path / "images.npy")],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    for script, result_file in ((SAVED_MODEL_CHECK, "images.npy"), (KERAS_CHECK, "keras.npy")):
+        path = description["saved_model"] if script is SAVED_MODEL_CHECK else description["keras"]
+        result = subprocess.run([sys.executable, "-c", script, path, str(tmp_path / "latents.npy"),
+                                 str(tmp_path / result_file)],
+                                capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
     served = np.load(tmp_path / "images.npy")
     assert served.dtype == np.uint8 and served.shape == (5, 8, 8, 3)
     np.testing.assert_array_equal(served, gen.images_from_latents(loaded.model, latents))
+    np.testing.assert_allclose(np.load(tmp_path / "keras.npy"), loaded.model(latents).numpy(),
+                               rtol=0, atol=1e-4)
+    # an export folder is replaced, anything else is refused
+    gen.export(tiny_run, tmp_path / "export", "latest")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+    with pytest.raises(gen.ExportError, match="not an earlier export"):
+        gen.export(tiny_run, tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
 
-    restored = keras.saving.load_model(description["keras"])
-    np.testing.assert_allclose(restored(latents).numpy(), loaded.model(latents).numpy(),
-                               rtol=0, atol=1e-6)
+
+def test_portable_generator_computes_what_the_progan_layers_compute():
+    from progan.config import ModelConfig
+    from progan.networks import ProGAN
+    from progan.portable import portable_generator
+
+    latents = seed_latents(range(3), 16)
+    for fused_from in (0, 8):  # nearest upscale + conv, and the fused transposed convolution
+        networks = ProGAN(ModelConfig(latent_size=16, fmap_base=64, fmap_max=16, max_resolution=16,
+                                      fused_scale_from=fused_from), with_discriminator=False)
+        networks.set_alpha(0.3)
+        for resolution, fading in ((4, False), (16, True), (16, False)):
+            model = networks.generator(resolution, fading)
+            portable = portable_generator(model)
+            assert {type(layer).__module__.split(".")[0] for layer in portable.layers} == {"keras"}
+            np.testing.assert_allclose(portable(latents).numpy(), model(latents).numpy(), atol=1e-5)
