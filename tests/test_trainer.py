@@ -15,7 +15,7 @@ from conftest import REPO, TINY_CONFIG, run_progan
 from run_fixtures import copy_run
 
 from progan.config import Config
-from progan.run import RunDir, RunInfo
+from progan.run import RunDir, RunError, RunInfo
 from progan.training import trainer as training
 
 
@@ -228,7 +228,7 @@ def finished_run(tmp_path_factory, tiny_dataset):
 
 
 def test_finetune_starts_from_the_snapshot_at_a_reduced_rate(tmp_path, finished_run):
-    with pytest.raises(training.RunError, match="no metric record yet"):
+    with pytest.raises(RunError, match="no metric record yet"):
         training.finetune(finished_run, tmp_path / "nope", snapshot="best", kimg=0.1)
     snapshots = list_snapshots(finished_run / "checkpoints")
     start = snapshots[-2][0]
@@ -247,7 +247,7 @@ def test_finetune_starts_from_the_snapshot_at_a_reduced_rate(tmp_path, finished_
     tuned = tf.train.load_checkpoint(str(first[1] / "ckpt"))
     key = [name for name, _ in tf.train.list_variables(str(first[1] / "ckpt")) if name.startswith("generator/g_4_conv1/kernel")][0]
     np.testing.assert_array_equal(tuned.get_tensor(key), source.get_tensor(key))
-    with pytest.raises(training.RunError, match="no full snapshot at that kimg"):
+    with pytest.raises(RunError, match="no full snapshot at that kimg"):
         training.finetune(finished_run, tmp_path / "t2", snapshot="12345", kimg=1)
 
 
@@ -435,6 +435,6 @@ def test_a_snapshot_from_a_newer_progan_is_an_error_not_damage(tmp_path, finishe
     newest = RunDir(run_dir).snapshots("full")[-1]
     info = json.loads((newest.path / "snapshot.json").read_text())
     (newest.path / "snapshot.json").write_text(json.dumps({**info, "format_version": 9}))
-    with pytest.raises(training.RunError, match="snapshot format 9 is newer than this progan"):
+    with pytest.raises(RunError, match="snapshot format 9 is newer than this progan"):
         training.resume(run_dir)
     assert newest.path.is_dir()  # left as it is, for the newer progan
