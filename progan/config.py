@@ -50,6 +50,18 @@ class ModelConfig:
     # resolution on (the reference fuses from 128); 0 disables fusing.
     fused_scale_from: int = 128
     spectral_norm: bool = False
+    # Equalised-LR gains of the three layers where the reference departs from He's sqrt(2):
+    # the generator's first (dense) layer sqrt(2)/4, toRGB 1, the discriminator's output 1.
+    # Under Adam a gain is also the layer's learning-rate factor (its output moves gain x
+    # faster), and at small widths the reference's toRGB 1 / D output 1 make fade-ins slow
+    # and unstable (issue 14: demo SWD at the end of the 8x8 fade 199 +- 77 with them,
+    # 63 +- 9 with sqrt(2) on all three and no pixel norm after the dense layer; see
+    # tools/bench_quality.py). The defaults are the reference's; the demo preset uses sqrt(2).
+    g_dense_gain: float = math.sqrt(2.0) / 4.0
+    to_rgb_gain: float = 1.0
+    d_output_gain: float = 1.0
+    # Pixel norm after the generator's first (dense) layer, as the reference does.
+    pixelnorm_after_dense: bool = True
 
     def validate(self) -> None:
         _require(self.latent_size >= 1, "model.latent_size", "a positive integer", self.latent_size)
@@ -64,6 +76,10 @@ class ModelConfig:
                  self.pixelnorm_epsilon)
         _require(self.fused_scale_from == 0 or _is_power_of_two(self.fused_scale_from),
                  "model.fused_scale_from", "0 or a power of two", self.fused_scale_from)
+        for name in ("g_dense_gain", "to_rgb_gain", "d_output_gain"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                     f"model.{name}", "a positive number", value)
 
     def num_features(self, stage: int) -> int:
         """nf(s) = min(fmap_base / 2^(s * fmap_decay), fmap_max), as in the reference."""
@@ -331,11 +347,16 @@ def _preset_paper() -> Config:
 
 
 def _preset_demo() -> Config:
+    he_gain = math.sqrt(2.0)
     return Config(
         # Fused resampling from 32x32: fewer FLOPs for the same function, faster on a CPU
         # from 32 on (below, the strided convolutions' overhead outweighs the saving).
+        # He gains (sqrt 2) on the generator's dense and toRGB layers and the discriminator's
+        # output, no pixel norm after the dense layer (pro-gan-pth's choices): the reference's
+        # gains fade in 3x worse at these widths (issue 14, tools/bench_quality.py).
         model=ModelConfig(latent_size=64, fmap_base=256, fmap_max=64, max_resolution=32,
-                          fused_scale_from=32),
+                          fused_scale_from=32, g_dense_gain=he_gain, to_rgb_gain=he_gain,
+                          d_output_gain=he_gain, pixelnorm_after_dense=False),
         schedule=ScheduleConfig(stable_kimg=20, fade_kimg=20, batch_size=16, g_lr=0.002, d_lr=0.002),
         # The EMA's half-life (ln 2 / (1 - beta) steps) must be short against 20-kimg phases:
         # 0.99 at batch 16 is ~1 kimg, where the paper's 0.999 would be ~11 kimg.

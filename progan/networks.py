@@ -19,7 +19,7 @@ import math
 import keras
 
 from progan.config import ModelConfig
-from progan.layers import (SQRT2, Bias, Downscale2D, EqualizedConv2D, EqualizedDense, FadeIn,
+from progan.layers import (Bias, Downscale2D, EqualizedConv2D, EqualizedDense, FadeIn,
                            MinibatchStddev, PixelNorm, Upscale2D)
 
 
@@ -50,7 +50,8 @@ class ProGAN:
         self.discriminator_fade = FadeIn(name="discriminator_fade")
         self._generator_blocks = {level: self._generator_block(level)
                                   for level in range(2, self.max_level + 1)}
-        self._to_rgb = {level: EqualizedConv2D(self.config.num_channels, 1, gain=1.0,
+        self._to_rgb = {level: EqualizedConv2D(self.config.num_channels, 1,
+                                               gain=self.config.to_rgb_gain,
                                                name=f"to_rgb_{2 ** level}")
                         for level in range(2, self.max_level + 1)}
         self._discriminator_blocks = {level: self._discriminator_block(level)
@@ -91,14 +92,16 @@ class ProGAN:
         nf = self._nf(level - 1)
         name = f"g_{2 ** level}"
         if level == 2:
-            head = [EqualizedDense(nf * 16, gain=SQRT2 / 4, use_bias=False, name=f"{name}_dense"),
+            head = [EqualizedDense(nf * 16, gain=self.config.g_dense_gain, use_bias=False,
+                                   name=f"{name}_dense"),
                     keras.layers.Reshape((4, 4, nf)), Bias(name=f"{name}_dense_bias")]
         else:
             head = [EqualizedConv2D(nf, 3, resample="up", fused=self._fused(level),
                                     name=f"{name}_conv0_up")]
-        layers = head + [self._activation(), self._pixel_norm(),
-                         EqualizedConv2D(nf, 3, name=f"{name}_conv1"),
-                         self._activation(), self._pixel_norm()]
+        head_norm = [self._pixel_norm()] \
+            if level > 2 or self.config.pixelnorm_after_dense else []
+        layers = head + [self._activation()] + head_norm + [
+            EqualizedConv2D(nf, 3, name=f"{name}_conv1"), self._activation(), self._pixel_norm()]
         if level == 2 and self.config.normalize_latents:
             layers.insert(0, self._pixel_norm())
         return layers
@@ -113,7 +116,8 @@ class ProGAN:
                 self._activation(), keras.layers.Flatten(),
                 self._d_layer(EqualizedDense(self._nf(0), name=f"{name}_dense0")),
                 self._activation(),
-                self._d_layer(EqualizedDense(1, gain=1.0, name=f"{name}_dense1"))]
+                self._d_layer(EqualizedDense(1, gain=self.config.d_output_gain,
+                                             name=f"{name}_dense1"))]
         return [self._d_layer(EqualizedConv2D(self._nf(level - 1), 3, name=f"{name}_conv0")),
                 self._activation(),
                 self._d_layer(EqualizedConv2D(self._nf(level - 2), 3, resample="down",

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from progan.config import ModelConfig
+from progan.layers import PixelNorm
 from progan.networks import ProGAN, describe
 
 SMALL = ModelConfig(latent_size=16, fmap_base=64, fmap_max=16, max_resolution=32)
@@ -128,3 +129,86 @@ def test_describe_lists_every_stage(small):
            and not s["fading"]][0]
     assert top["layers"][-1]["output_shape"] == [None, 32, 32, 3]
     assert summary["parameters"] == small.parameter_counts()
+
+
+def _layers_named(layers, fragment):
+    return [layer for layer in layers if fragment in layer.name]
+
+
+def test_reference_gains_and_pixelnorm_by_default():
+    progan = ProGAN(ModelConfig(latent_size=8, fmap_base=32, fmap_max=8, max_resolution=8))
+    generator = progan.generator(8).layers + progan.generator(4).layers
+    assert _layers_named(generator, "g_4_dense")[0].gain == pytest.approx(np.sqrt(2) / 4)
+    assert {layer.gain for layer in _layers_named(generator, "to_rgb")} == {1.0}
+    assert _layers_named(progan.discriminator(8).layers, "d_4_dense1")[0].gain == 1.0
+    assert all(layer.gain == pytest.approx(np.sqrt(2)) for layer in _layers_named(generator, "conv"))
+    # latents, after the dense layer, after each 3x3 convolution: 1 + 1 + 1 at 4x4
+    assert sum(isinstance(layer, PixelNorm) for layer in progan.generator(4).layers) == 3
+
+
+@pytest.mark.parametrize("network", ["generator", "discriminator"])
+def test_output_gains_scale_the_outputs_and_keep_the_parameters(network):
+    small = ModelConfig(latent_size=8, fmap_base=32, fmap_max=8, max_resolution=8)
+    reference = ProGAN(small)
+    he = ProGAN(ModelConfig(**{**small.__dict__, "to_rgb_gain": 2.0, "d_output_gain": 3.0}))
+    assert he.parameter_counts() == reference.parameter_counts()
+    rng = np.random.default_rng(5)
+    for resolution in (4, 8):
+        inputs = (rng.normal(size=(4, 8)) if network == "generator"
+                  else rng.uniform(-1, 1, size=(4, resolution, resolution, 3))).astype(np.float32)
+        model = getattr(reference, network)(resolution)
+        getattr(he, network)(resolution).set_weights(model.get_weights())
+        factor = 2.0 if network == "generator" else 3.0  # the biases start at zero
+        np.testing.assert_allclose(getattr(he, network)(resolution)(inputs).numpy(),
+                                   factor * model(inputs).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_dense_gain_and_pixelnorm_after_dense_options():
+    small = ModelConfig(latent_size=8, fmap_base=32, fmap_max=8, max_resolution=8)
+    reference = ProGAN(small)
+    gain = ProGAN(ModelConfig(**{**small.__dict__, "g_dense_gain": float(np.sqrt(2))}))
+    peer = ProGAN(ModelConfig(**{**small.__dict__, "g_dense_gain": float(np.sqrt(2)),
+                                 "pixelnorm_after_dense": False}))
+    assert peer.parameter_counts() == reference.parameter_counts()
+    assert _layers_named(peer.generator(4).layers, "g_4_dense")[0].gain == pytest.approx(np.sqrt(2))
+    assert sum(isinstance(layer, PixelNorm) for layer in peer.generator(4).layers) == 2
+    assert sum(isinstance(layer, PixelNorm) for layer in peer.generator(8).layers) == 4
+    latents = np.random.default_rng(6).normal(size=(4, 8)).astype(np.float32)
+    images = reference.generator(8)(latents).numpy()
+    for progan in (gain, peer):
+        progan.generator(8).set_weights(reference.generator(8).get_weights())
+    # Zero biases at the start: the pixel norm after lrelu(dense) cancels the dense gain...
+    np.testing.assert_allclose(gain.generator(8)(latents).numpy(), images, rtol=1e-4, atol=1e-5)
+    # ...and without it the gain reaches the 3x3 convolution.
+    assert not np.allclose(peer.generator(8)(latents).numpy(), images, rtol=1e-2, atol=1e-3)
+
+
+def test_gain_and_pixelnorm_options_validate_and_round_trip():
+    from progan.config import Config, ConfigError, load_config
+
+    for name in ("g_dense_gain", "to_rgb_gain", "d_output_gain"):
+        with pytest.raises(ConfigError, match=f"model.{name}"):
+            Config.from_dict({"model": {name: 0}})
+        with pytest.raises(ConfigError, match="a number"):
+            Config.from_dict({"model": {name: "1.4"}})
+    with pytest.raises(ConfigError, match="true or false"):
+        Config.from_dict({"model": {"pixelnorm_after_dense": 1}})
+    config = load_config("demo").replace(**{"model.to_rgb_gain": 2, "model.pixelnorm_after_dense": False})
+    assert config.model.to_rgb_gain == 2.0 and isinstance(config.model.to_rgb_gain, float)
+    assert Config.from_json(config.to_json()) == config
+    # A config.json written before these options existed reads as the reference networks.
+    old = config.to_dict()
+    for name in ("g_dense_gain", "to_rgb_gain", "d_output_gain", "pixelnorm_after_dense"):
+        del old["model"][name]
+    assert Config.from_dict(old).model.to_rgb_gain == 1.0
+
+
+def test_presets_reference_networks_except_the_demo():
+    from progan.config import load_config
+
+    for model in (ModelConfig(), load_config("celeba64").model, load_config("paper").model):
+        assert (model.g_dense_gain, model.to_rgb_gain, model.d_output_gain,
+                model.pixelnorm_after_dense) == (np.sqrt(2) / 4, 1.0, 1.0, True)
+    demo = load_config("demo").model  # issue 14: the reference gains fade in badly at its widths
+    assert (demo.g_dense_gain, demo.to_rgb_gain, demo.d_output_gain,
+            demo.pixelnorm_after_dense) == (np.sqrt(2), np.sqrt(2), np.sqrt(2), False)
