@@ -5,6 +5,7 @@ Every sub-command only parses its flags and calls the dataset package.
 
 import argparse
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -249,7 +250,22 @@ COMMANDS = {"create_celeba": create_celeba, "create_from_images": create_from_im
 
 
 def main(argv=None):
-    """Entry point of ``progan-dataset``; returns the exit code (2 for bad input)."""
+    """Entry point of ``progan-dataset``; returns the exit code (2 for bad input).
+
+    Called without ``argv`` (the command line: the console script, ``python -m``,
+    tools/dataset_tool.py) it ends the process itself once TensorFlow is loaded: the
+    interpreter's teardown of TensorFlow takes seconds on a busy machine, and a failure
+    must end in seconds.
+    """
+    code = _main(argv)
+    if argv is None and "tensorflow" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv):
     from progan.dataset.format import DatasetError
 
     from progan.dataset.writer import Terminated, terminate_on_sigterm
