@@ -342,7 +342,7 @@ def _damage(run_dir, images_seen, how):
         (path / "snapshot.json").write_text("{\"format_version\": ")
     elif how == "wrong shapes":  # a checkpoint of the right names from a narrower model
         other = training.Trainer(tiny(**{"model.fmap_max": 8}), REPO, run_dir / "unused")
-        RunDir(run_dir).write_snapshot(images_seen, "full", other.checkpoint)
+        RunDir(run_dir).write_snapshot(images_seen, "full", other.state.checkpoint)
     return path.name
 
 

@@ -332,17 +332,25 @@ class Trainer:
 
     def _eta(self, images_seen: int) -> float:
         """Seconds of training left: each remaining stage at the speed measured at its
-        resolution, or, not yet measured, at the highest measured one scaled by the pixels."""
+        resolution; a resolution not reached yet at the highest measured speed scaled by
+        (pixels ratio)^k, with k fitted to the two highest measured resolutions (1 until
+        there are two: small networks grow slower than their pixel count)."""
         if not self._sec_per_kimg:
             return 0.0
-        known = max(self._sec_per_kimg)
+        measured = sorted(self._sec_per_kimg)
+        top = measured[-1]
+        exponent = 1.0
+        if len(measured) > 1:
+            below = measured[-2]
+            ratio = self._sec_per_kimg[top] / self._sec_per_kimg[below]
+            exponent = min(max(math.log(max(ratio, 1e-9)) / math.log((top / below) ** 2), 0.25), 1.0)
         seconds = 0.0
         for stage in self.schedule.stages():
-            end = min(stage.end_images, self.schedule.total_images)
-            left = (end - max(stage.start_images, images_seen)) / 1000
+            left = (min(stage.end_images, self.schedule.total_images)
+                    - max(stage.start_images, images_seen)) / 1000
             if left > 0:
-                speed = self._sec_per_kimg.get(stage.resolution,
-                                               self._sec_per_kimg[known] * (stage.resolution / known) ** 2)
+                speed = self._sec_per_kimg.get(
+                    stage.resolution, self._sec_per_kimg[top] * ((stage.resolution / top) ** 2) ** exponent)
                 seconds += left * speed
         return seconds
 
