@@ -19,8 +19,12 @@ from progan.backend import keras, tf
 SQRT2 = math.sqrt(2.0)
 
 
-def _he_scale(fan_in: int, gain: float, lr_multiplier: float) -> tuple[float, float]:
-    """(initial std, run-time coefficient) of an equalised weight."""
+def _he_scale(fan_in: int, gain: float, lr_multiplier: float,
+              equalized: bool = True) -> tuple[float, float]:
+    """(initial std, run-time coefficient) of a weight: equalised (N(0, 1) scaled at run time)
+    or, with ``equalized=False``, plain He initialisation (the stored weight is the weight)."""
+    if not equalized:
+        return gain / math.sqrt(fan_in) / lr_multiplier, lr_multiplier
     return 1.0 / lr_multiplier, gain / math.sqrt(fan_in) * lr_multiplier
 
 
@@ -36,19 +40,24 @@ class EqualizedDense(keras.layers.Layer):
         gain: He gain (sqrt(2) for leaky ReLU, 1 for a linear output).
         use_bias: add a separate zero-initialised bias.
         lr_multiplier: scales the effective learning rate of this layer.
+        equalized: False stores the weights as applied (He initialisation), for spectral
+            normalisation, which bounds the stored kernel.
     Shapes: ``[N, ..., fan_in] -> [N, ..., units]``.
     """
 
-    def __init__(self, units, gain=SQRT2, use_bias=True, lr_multiplier=1.0, **kwargs):
+    def __init__(self, units, gain=SQRT2, use_bias=True, lr_multiplier=1.0, equalized=True,
+                 **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
         self.gain = float(gain)
         self.use_bias = bool(use_bias)
         self.lr_multiplier = float(lr_multiplier)
+        self.equalized = bool(equalized)
 
     def build(self, input_shape):
         fan_in = int(input_shape[-1])
-        init_std, self.weight_scale = _he_scale(fan_in, self.gain, self.lr_multiplier)
+        init_std, self.weight_scale = _he_scale(fan_in, self.gain, self.lr_multiplier,
+                                                self.equalized)
         self.kernel = self.add_weight(
             name="kernel", shape=(fan_in, self.units),
             initializer=keras.initializers.RandomNormal(stddev=init_std))
@@ -68,7 +77,8 @@ class EqualizedDense(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "gain": self.gain,
-                "use_bias": self.use_bias, "lr_multiplier": self.lr_multiplier}
+                "use_bias": self.use_bias, "lr_multiplier": self.lr_multiplier,
+                "equalized": self.equalized}
 
 
 def _fused_kernel(kernel):
@@ -95,11 +105,12 @@ class EqualizedConv2D(keras.layers.Layer):
         gain, use_bias, lr_multiplier: as in `EqualizedDense`.
         resample: None, 'up' or 'down'.
         fused: use the fused strided form (needs kernel_size 3 and a resample).
+        equalized: as in `EqualizedDense`.
     Shapes: ``[N, H, W, C] -> [N, H', W', filters]`` with H' = 2H, H or H/2.
     """
 
     def __init__(self, filters, kernel_size=3, gain=SQRT2, use_bias=True, lr_multiplier=1.0,
-                 resample=None, fused=False, **kwargs):
+                 resample=None, fused=False, equalized=True, **kwargs):
         super().__init__(**kwargs)
         if resample not in (None, "up", "down"):
             raise ValueError(f"resample: expected None, 'up' or 'down', got {resample!r}")
@@ -112,11 +123,13 @@ class EqualizedConv2D(keras.layers.Layer):
         self.lr_multiplier = float(lr_multiplier)
         self.resample = resample
         self.fused = bool(fused)
+        self.equalized = bool(equalized)
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
         init_std, self.weight_scale = _he_scale(
-            self.kernel_size * self.kernel_size * channels, self.gain, self.lr_multiplier)
+            self.kernel_size * self.kernel_size * channels, self.gain, self.lr_multiplier,
+            self.equalized)
         self.kernel = self.add_weight(
             name="kernel", shape=(self.kernel_size, self.kernel_size, channels, self.filters),
             initializer=keras.initializers.RandomNormal(stddev=init_std))
@@ -152,7 +165,7 @@ class EqualizedConv2D(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "gain": self.gain, "use_bias": self.use_bias, "lr_multiplier": self.lr_multiplier,
-                "resample": self.resample, "fused": self.fused}
+                "resample": self.resample, "fused": self.fused, "equalized": self.equalized}
 
 
 @keras.saving.register_keras_serializable(package="progan")

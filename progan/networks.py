@@ -86,7 +86,12 @@ class ProGAN:
         return fused_from > 0 and 2 ** level >= fused_from
 
     def _d_layer(self, layer):
-        return keras.layers.SpectralNormalization(layer) if self.config.spectral_norm else layer
+        """A discriminator layer; with spectral norm, wrapped, and storing the weights it
+        applies (spectral norm bounds the stored kernel, so no run-time equalising scale)."""
+        if not self.config.spectral_norm:
+            return layer
+        plain = type(layer).from_config({**layer.get_config(), "equalized": False})
+        return keras.layers.SpectralNormalization(plain)
 
     def _generator_block(self, level: int) -> list:
         nf = self._nf(level - 1)

@@ -109,16 +109,30 @@ def test_mixed_bfloat16_build_runs_and_keeps_float32_outputs():
     assert all(v.dtype == "float32" for v in progan.generator(16).trainable_weights)
 
 
-def test_spectral_normalisation_wraps_discriminator_layers():
+def test_spectral_normalisation_bounds_what_each_discriminator_layer_applies():
     progan = ProGAN(ModelConfig(**{**SMALL.__dict__, "spectral_norm": True}))
     assert progan.parameter_counts() == ProGAN(SMALL).parameter_counts()
     images = np.random.default_rng(4).normal(size=(4, 8, 8, 3)).astype(np.float32)
     discriminator = progan.discriminator(8)
     before = discriminator(images).numpy()
-    discriminator(images, training=True)
-    assert np.isfinite(before).all()
+    for _ in range(30):  # one power iteration per training call, as Keras does
+        after = discriminator(images, training=True).numpy()
     wrapped = [layer for layer in discriminator.layers if isinstance(layer, keras.layers.SpectralNormalization)]
     assert len(wrapped) == 6  # fromRGB 8, two convs at 8, conv + two dense at 4
+    for layer in wrapped:
+        inner = layer.layer
+        assert not inner.equalized and inner.weight_scale == 1.0
+        # what the layer applies: its kernel as a [fan_in, outputs] matrix (float64 SVD reference)
+        applied = inner.kernel.numpy().astype(np.float64).reshape(-1, inner.kernel.shape[-1])
+        # the layer's own power-iteration estimate of the applied kernel's norm is 1 ...
+        u = layer.vector_u.numpy().astype(np.float64)
+        v = u @ applied.T
+        v /= np.linalg.norm(v)
+        assert float(np.squeeze(v @ applied @ u.T) / np.linalg.norm(u)) == pytest.approx(1.0, abs=2e-3), inner.name
+        # ... and the true largest singular value is within what 30 power iterations resolve
+        assert np.linalg.svd(applied, compute_uv=False)[0] == pytest.approx(1.0, abs=0.05), inner.name
+    assert np.isfinite(after).all() and not np.allclose(after, before)  # the scores changed
+    assert np.abs(after).max() < np.abs(before).max()  # bounded layers shrink the scores
 
 
 def test_describe_lists_every_stage(small):
