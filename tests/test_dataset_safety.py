@@ -40,6 +40,7 @@ def finish(process, fault_time, limit=5.0):
         os.killpg(process.pid, signal.SIGKILL)
         raise AssertionError("the build hung") from None
     elapsed = time.monotonic() - fault_time
+    print(f"exit {elapsed:.2f} s after the fault: {tool_lines(err)[-1:]}", file=sys.__stdout__, flush=True)
     assert elapsed < limit, f"took {elapsed:.1f} s to end after the fault"
     return process.returncode, tool_lines(err)
 
