@@ -159,7 +159,6 @@ class OptimizerConfig:
         _require(self.epsilon > 0, "optimizer.epsilon", "a positive number", self.epsilon)
 
 
-TRAINING_METRICS = ("swd", "msssim")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("off", "bf16", "fp16")
 
@@ -202,9 +201,12 @@ class TrainingConfig:
         _require(self.steps_per_call >= 1, "training.steps_per_call", "a positive integer",
                  self.steps_per_call)
         # FID/KID need Inception weights, which `progan evaluate` takes as flags; during
-        # training only the metrics that need nothing but the data are computed.
-        unknown = [name for name in self.metrics if name not in TRAINING_METRICS]
-        _require(not unknown, "training.metrics", "some of " + ", ".join(TRAINING_METRICS)
+        # training only the registered metrics that need nothing but the data are computed.
+        from progan.evaluation.registry import METRICS
+
+        usable = [name for name, metric in METRICS.items() if not metric.needs_features]
+        unknown = [name for name in self.metrics if name not in usable]
+        _require(not unknown, "training.metrics", "some of " + ", ".join(usable)
                  + " (FID/KID: run progan evaluate with Inception weights)", self.metrics)
         _require(self.metrics_kimg >= 0 and self.metrics_num_images >= 2,
                  "training.metrics_kimg/metrics_num_images", "kimg >= 0 and at least 2 images",

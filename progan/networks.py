@@ -196,6 +196,12 @@ class ProGAN:
             self._layer_tables[key] = table
         return self._models[key]
 
+    def layer_table(self, network: str, resolution: int, fading: bool = False) -> list:
+        """(layer, output shape) of every layer call of one stage's model, in order (what
+        `progan summary` lists and `progan bench` counts FLOPs from)."""
+        getattr(self, network)(resolution, fading)
+        return list(self._layer_tables[(network, level_of(resolution), fading)])
+
     def set_alpha(self, alpha: float) -> None:
         """Set the fade-in of both networks (0 = previous stage, 1 = new block only)."""
         self.generator_fade.alpha.assign(alpha)
@@ -284,7 +290,7 @@ def describe(progan: ProGAN, resolution: int | None = None) -> dict:
         for fading in ((False,) if level == 2 else (True, False)):
             for network in ("generator", "discriminator"):
                 model = getattr(progan, network)(2 ** level, fading)
-                table = progan._layer_tables[(network, level, fading)]
+                table = progan.layer_table(network, 2 ** level, fading)
                 stages.append({
                     "network": network, "resolution": 2 ** level, "fading": fading,
                     "layers": [{"name": layer.name, "class": type(layer).__name__,

@@ -51,13 +51,9 @@ def _layer_flops(layer, output_shape) -> int:
 
 def forward_flops(networks, resolution: int, fading: bool) -> tuple[int, int]:
     """(generator, discriminator) forward FLOPs per image of one stage."""
-    from progan.networks import level_of
-
-    level = level_of(resolution)
     totals = []
     for network in ("generator", "discriminator"):
-        getattr(networks, network)(resolution, fading)
-        table = networks._layer_tables[(network, level, fading)]
+        table = networks.layer_table(network, resolution, fading)
         totals.append(sum(_layer_flops(layer, shape) for layer, shape in table))
     return totals[0], totals[1]
 
