@@ -267,12 +267,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     import progan.backend  # noqa: F401  every command computes: TensorFlow, checked and quiet
-    from progan.config import ConfigError
     from progan.errors import ProganError
 
     try:
         result = args.run(args, parser)
-    except (ProganError, ConfigError) as error:
+    except ProganError as error:
         parser.exit(2, f"progan {args.command}: error: {error}\n")
     return int(result or 0)
 

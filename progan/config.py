@@ -18,13 +18,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from progan.errors import ProganError
+from progan.resolution import is_power_of_two
 
-class ConfigError(ValueError):
+
+class ConfigError(ProganError, ValueError):
     """A setting is unknown or has an impossible value."""
 
 
-def _is_power_of_two(value: int) -> bool:
-    return isinstance(value, int) and value >= 1 and value & (value - 1) == 0
+
 
 
 def _require(condition: bool, setting: str, expected: str, value: Any) -> None:
@@ -65,7 +67,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _require(self.latent_size >= 1, "model.latent_size", "a positive integer", self.latent_size)
-        _require(_is_power_of_two(self.max_resolution) and 4 <= self.max_resolution <= 1024,
+        _require(is_power_of_two(self.max_resolution) and 4 <= self.max_resolution <= 1024,
                  "model.max_resolution", "a power of two from 4 to 1024", self.max_resolution)
         _require(self.fmap_base >= 1 and self.fmap_max >= 1, "model.fmap_base/fmap_max",
                  "positive integers", (self.fmap_base, self.fmap_max))
@@ -74,7 +76,7 @@ class ModelConfig:
                  self.mbstd_group_size)
         _require(self.pixelnorm_epsilon > 0, "model.pixelnorm_epsilon", "a positive number",
                  self.pixelnorm_epsilon)
-        _require(self.fused_scale_from == 0 or _is_power_of_two(self.fused_scale_from),
+        _require(self.fused_scale_from == 0 or is_power_of_two(self.fused_scale_from),
                  "model.fused_scale_from", "0 or a power of two", self.fused_scale_from)
         for name in ("g_dense_gain", "to_rgb_gain", "d_output_gain"):
             value = getattr(self, name)
@@ -103,7 +105,7 @@ class ScheduleConfig:
     lr_by_resolution: dict[int, float] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
-        _require(_is_power_of_two(self.start_resolution) and self.start_resolution >= 4,
+        _require(is_power_of_two(self.start_resolution) and self.start_resolution >= 4,
                  "schedule.start_resolution", "a power of two >= 4", self.start_resolution)
         _require(self.stable_kimg > 0, "schedule.stable_kimg", "a positive number", self.stable_kimg)
         _require(self.fade_kimg >= 0, "schedule.fade_kimg", "a number >= 0", self.fade_kimg)
@@ -111,7 +113,7 @@ class ScheduleConfig:
                  "a positive number or null", self.total_kimg)
         _require(self.batch_size >= 1, "schedule.batch_size", "a positive integer", self.batch_size)
         for resolution, batch in self.batch_sizes.items():
-            _require(_is_power_of_two(resolution), "schedule.batch_sizes", "power-of-two keys",
+            _require(is_power_of_two(resolution), "schedule.batch_sizes", "power-of-two keys",
                      resolution)
             _require(isinstance(batch, int) and batch >= 1, f"schedule.batch_sizes[{resolution}]",
                      "a positive integer", batch)
@@ -119,7 +121,7 @@ class ScheduleConfig:
             _require(getattr(self, name) > 0, f"schedule.{name}", "a positive number",
                      getattr(self, name))
         for resolution, lr in self.lr_by_resolution.items():
-            _require(_is_power_of_two(resolution) and lr > 0, f"schedule.lr_by_resolution[{resolution}]",
+            _require(is_power_of_two(resolution) and lr > 0, f"schedule.lr_by_resolution[{resolution}]",
                      "a positive number at a power-of-two resolution", lr)
 
 

@@ -16,19 +16,11 @@ from __future__ import annotations
 
 import math
 
-import keras
-
+from progan.backend import keras
 from progan.config import ModelConfig
 from progan.layers import (Bias, Downscale2D, EqualizedConv2D, EqualizedDense, FadeIn,
                            MinibatchStddev, PixelNorm, Upscale2D)
-
-
-def level_of(resolution: int) -> int:
-    """log2 of a power-of-two resolution >= 4, with a clear error otherwise."""
-    level = int(round(math.log2(resolution))) if resolution > 0 else -1
-    if level < 2 or 2 ** level != resolution:
-        raise ValueError(f"resolution: expected a power of two >= 4, got {resolution}")
-    return level
+from progan.resolution import level_of
 
 
 class ProGAN:

@@ -39,6 +39,7 @@ import numpy as np
 import tqdm
 
 from progan.backend import tf
+from progan.resolution import is_power_of_two
 
 BINOMIAL_TAPS = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
 LOWEST_RESOLUTION = 16
@@ -384,7 +385,7 @@ def _check_images(images: np.ndarray, name: str) -> None:
         raise ValueError(f"swd: {name} must be uint8 [N, H, W, 3], got {images.dtype} "
                          f"{list(images.shape)}")
     resolution = images.shape[1]
-    if images.shape[2] != resolution or resolution < 4 or resolution & (resolution - 1):
+    if images.shape[2] != resolution or resolution < 4 or not is_power_of_two(resolution):
         raise ValueError(f"swd: {name} must be square with a power-of-two side >= 4, "
                          f"got {images.shape[1]}x{images.shape[2]}")
 

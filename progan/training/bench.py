@@ -160,7 +160,9 @@ def format_row(row: dict) -> str:
 
 
 def parse_resolutions(text: str) -> list[int]:
+    from progan.resolution import is_power_of_two
+
     values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or any(v < 4 or 2 ** int(math.log2(v)) != v for v in values):
+    if not values or any(v < 4 or not is_power_of_two(v) for v in values):
         raise ValueError(f"--resolutions {text}: expected powers of two >= 4, e.g. 4,8,16")
     return values

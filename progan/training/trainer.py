@@ -13,7 +13,6 @@ life. The loop itself is `progan.training.loop.Trainer`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 from progan.config import Config
@@ -21,6 +20,7 @@ from progan.run import RunDir, RunInfo, data_fingerprint
 from progan.training import distribute
 from progan.training.loop import Trainer, TrainingError, check_batches
 from progan.training.report import Reporter
+from progan.training.schedule import Schedule
 
 __all__ = ["Trainer", "TrainingError", "check_batches", "check_data", "finetune", "resume", "train"]
 
@@ -30,9 +30,8 @@ def check_data(data: Path, config: Config) -> str:
     from progan.dataset.reader import open_dataset
 
     info = open_dataset(data)
-    missing = [resolution for resolution in (2 ** level for level in range(
-        int(math.log2(config.schedule.start_resolution)),
-        int(math.log2(config.model.max_resolution)) + 1)) if resolution not in info.level_files]
+    needed = Schedule(config.schedule, config.model.max_resolution).stages()
+    missing = sorted({stage.resolution for stage in needed} - set(info.level_files))
     if missing:
         raise TrainingError(f"--data {data}: has no {missing[0]}x{missing[0]} level, which the "
                             f"config needs (max_resolution {config.model.max_resolution})")
