@@ -98,7 +98,10 @@ def distribute_global_batches(strategy: tf.distribute.Strategy, make_dataset, gl
 
     Args:
         strategy: the strategy.
-        make_dataset: () -> tf.data.Dataset of global batches (identical on every worker).
+        make_dataset: (shard_index=0, shard_count=1, shard_block=1) -> tf.data.Dataset of this
+            input pipeline's share of every global batch: the samples i with
+            (i // shard_block) % shard_count == shard_index, in increasing i (see
+            progan.dataset.reader.load). Each worker reads only its share.
         global_batch: size of those batches.
     """
     replicas = strategy.num_replicas_in_sync
@@ -109,14 +112,17 @@ def distribute_global_batches(strategy: tf.distribute.Strategy, make_dataset, gl
 
     def dataset_fn(context: tf.distribute.InputContext):
         local = replicas // context.num_input_pipelines
-        first = context.input_pipeline_id * local
+        # Pipeline p's share is the samples of replicas p*local .. p*local + local - 1, in the
+        # order (k, j) of sample k*replicas + p*local + j: local replica j takes j, j + local, ...
 
-        def slices(batch):
-            by_replica = tf.reshape(batch, [per_replica, replicas, *batch.shape[1:]])
-            by_replica = tf.transpose(by_replica, [1, 0, *range(2, batch.shape.rank + 1)])
-            return tf.data.Dataset.from_tensor_slices(by_replica[first:first + local])
+        def slices(share):
+            by_replica = tf.reshape(share, [per_replica, local, *share.shape[1:]])
+            by_replica = tf.transpose(by_replica, [1, 0, *range(2, share.shape.rank + 1)])
+            return tf.data.Dataset.from_tensor_slices(by_replica)
 
-        return make_dataset().flat_map(slices).prefetch(2)
+        share = make_dataset(shard_index=context.input_pipeline_id,
+                             shard_count=context.num_input_pipelines, shard_block=local)
+        return share.flat_map(slices).prefetch(2)
 
     options = tf.distribute.InputOptions(experimental_replication_mode=
                                          tf.distribute.InputReplicationMode.PER_WORKER)

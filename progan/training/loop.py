@@ -121,10 +121,12 @@ class Trainer:
         """Global batches of the stage's resolution from stream position ``images_seen`` on."""
         from progan.dataset import reader
 
-        def make_dataset():
+        def make_dataset(shard_index=0, shard_count=1, shard_block=1):
+            # under several workers, each reads only its share of every global batch
             return reader.load(self.data, stage.resolution, split="train", batch_size=stage.batch_size,
                                mirror=self.config.training.mirror, seed=self.config.training.seed,
-                               start_image=images_seen)
+                               start_image=images_seen, shard_index=shard_index,
+                               shard_count=shard_count, shard_block=shard_block)
 
         return iter(distribute.distribute_global_batches(self.strategy, make_dataset, stage.batch_size))
 
