@@ -9,34 +9,16 @@ compute import ``tf`` and ``keras`` from here. An unsupported set-up fails with 
 from __future__ import annotations
 
 import os
-import sys
-import tempfile
+
+from progan.system import held_native_stderr
+
 
 def _import_quietly():
-    """``import tensorflow, keras`` with the C++ start-up lines (oneDNN, CPU features) that
-    TensorFlow prints to stderr before its logging is set up held back; shown if it fails."""
+    """``import tensorflow, keras`` with TensorFlow's C++ start-up lines held back."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        stderr = sys.stderr.fileno()
-    except (AttributeError, ValueError, OSError):  # no real stderr (e.g. captured): just import
+    with held_native_stderr():
         import keras
         import tensorflow
-        return tensorflow, keras
-    sys.stderr.flush()
-    saved = os.dup(stderr)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), stderr)
-        try:
-            import keras
-            import tensorflow
-        except BaseException:
-            os.dup2(saved, stderr)
-            held.seek(0)
-            sys.stderr.write(held.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, stderr)
-            os.close(saved)
     return tensorflow, keras
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from progan import __version__
 from progan.config import Config
 from progan.errors import ProganError
+from progan.system import pid_alive
 
 RUN_FORMAT = 1            # config.json
 CHECKPOINT_FORMAT = 2     # snapshot folders; 1 = progan 0.1.0 (positional keys)
@@ -78,16 +79,6 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- the data set a run trains on ---------------------------------------------------------------
@@ -344,7 +335,7 @@ class RunDir:
             if not (path.is_dir() and path.name.startswith(TEMPORARY)):
                 continue
             pid = path.name.rpartition("-")[2]
-            if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+            if pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid():
                 continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)

@@ -1,6 +1,5 @@
 """What a person watching a run sees: start-up summary, tick lines, stats, TensorBoard, plots."""
 
-import json
 
 from conftest import TINY_CONFIG
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

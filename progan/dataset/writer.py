@@ -42,6 +42,7 @@ from progan.dataset.format import (FORMAT_NAME, FORMAT_VERSION, LEVEL_FILE_PATTE
                                    serialize_example, write_manifest)
 from progan.dataset.pyramid import build_pyramid
 from progan.dataset.sources import SkipImage
+from progan.system import held_native_stderr, pid_alive
 
 _WORKER_STATE = {}
 CHUNK_SIZE = 48  # small enough that the last chunks leave little idle time, large enough
@@ -147,36 +148,13 @@ def _load_tensorflow():
     """Load the TensorFlow parts the workers use, once, before they fork: TensorFlow loads
     lazily, and each worker would otherwise spend seconds loading it for itself. Its C++
     start-up lines (oneDNN, CPU features) are held back, and shown only if loading fails."""
-    import tempfile
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        stderr = sys.stderr.fileno()
-    except (AttributeError, ValueError, OSError):  # no real stderr (captured): just load
-        stderr = None
-    if stderr is None or "tensorflow" in sys.modules:
+    with held_native_stderr():
         import tensorflow as tf
 
         serialize_example(np.zeros((3, 4, 4), np.uint8))
-        return tf.io.TFRecordWriter
-    sys.stderr.flush()
-    saved = os.dup(stderr)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), stderr)
-        try:
-            import tensorflow as tf
-
-            serialize_example(np.zeros((3, 4, 4), np.uint8))
-            writer = tf.io.TFRecordWriter(os.devnull)
-            writer.close()
-        except BaseException:
-            os.dup2(saved, stderr)
-            held.seek(0)
-            sys.stderr.write(held.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, stderr)
-            os.close(saved)
+        writer = tf.io.TFRecordWriter(os.devnull)
+        writer.close()
     return tf.io.TFRecordWriter
 
 
@@ -202,16 +180,6 @@ def _skip_entry(message):
 
 
 # -- processes ------------------------------------------------------------------------------
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _process_start(pid):
@@ -564,7 +532,7 @@ def _staging_alive(path):
         marker = json.loads((path / STAGING_MARKER).read_text())
     except (OSError, ValueError):
         marker = None
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     if isinstance(marker, dict) and marker.get("start") is not None:
         return _process_start(pid) == marker["start"]  # else the pid was reused

@@ -17,7 +17,6 @@ process (chained 2048 x 2048 products on the same device).
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from pathlib import Path
