@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "synth"
-    assert main(["create_synthetic", str(out), "--num-images", "12", "--resolution", "16",
+    assert main(["create_synthetic", str(out), "--num-images", "12", "--size", "16",
                  "--seed", "1", "--train-count", "10", "--workers", "1", "--quiet"]) == 0
     return out
 
@@ -33,7 +33,7 @@ def test_info_reports_counts_levels_split_and_checksums(synth, capsys):
 
 def test_extract_pngs_and_grid(synth, tmp_path, capsys):
     assert main(["extract", str(synth), str(tmp_path / "pngs"), "--count", "3", "--start", "2",
-                 "--resolution", "8"]) == 0
+                 "--level", "8"]) == 0
     names = sorted(p.name for p in (tmp_path / "pngs").iterdir())
     assert names == ["img00000002.png", "img00000003.png", "img00000004.png"]
     np.testing.assert_array_equal(np.asarray(PIL.Image.open(tmp_path / "pngs" / names[0])),
@@ -46,9 +46,9 @@ def test_extract_pngs_and_grid(synth, tmp_path, capsys):
 
 def test_compare_and_verify(synth, tmp_path, capsys):
     twin, other = tmp_path / "twin", tmp_path / "other"
-    main(["create_synthetic", str(twin), "--num-images", "12", "--resolution", "16", "--seed", "1",
+    main(["create_synthetic", str(twin), "--num-images", "12", "--size", "16", "--seed", "1",
           "--workers", "2", "--quiet"])
-    main(["create_synthetic", str(other), "--num-images", "12", "--resolution", "16", "--seed", "2",
+    main(["create_synthetic", str(other), "--num-images", "12", "--size", "16", "--seed", "2",
           "--workers", "1", "--quiet"])
     assert main(["compare", str(synth), str(twin)]) == 0
     assert "level   16: identical 12 / 12" in capsys.readouterr().out
@@ -71,7 +71,7 @@ def test_create_celeba_and_from_images(tmp_path, capsys):
     assert "3 images, levels 64, 32, 16, 8, 4, train 3 / test 0" in capsys.readouterr().out
     assert read_records(tmp_path / "c" / "c-r06.tfrecords")[0][0] == (3, 64, 64)
     assert main(["create_from_images", str(tmp_path / "f"), str(tmp_path / "img_align_celeba"),
-                 "--resolution", "32", "--quiet"]) == 0
+                 "--size", "32", "--quiet"]) == 0
     assert read_images(tmp_path / "f", 32, "all").shape == (3, 32, 32, 3)
 
 
@@ -84,7 +84,7 @@ def test_errors_are_one_line_exit_2_and_leave_nothing(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     assert main(["create_synthetic", str(tmp_path / "taken"), "--num-images", "2", "--quiet"]) == 2
     assert "OUT" in capsys.readouterr().err and list((tmp_path / "taken").iterdir()) == []
-    assert main(["create_synthetic", str(tmp_path / "odd"), "--resolution", "24"]) == 2
+    assert main(["create_synthetic", str(tmp_path / "odd"), "--size", "24"]) == 2
     assert "resolution 24: expected a power of two" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "missing")]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

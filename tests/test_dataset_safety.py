@@ -23,7 +23,7 @@ from progan.dataset.sources import ImageFolderSource, reference_order
 from progan.dataset.synthetic import SyntheticSource
 from progan.dataset.writer import write_dataset
 
-SLOW = ["--num-images", "3000", "--resolution", "64", "--workers", "2"]  # ~1 min of work
+SLOW = ["--num-images", "3000", "--size", "64", "--workers", "2"]  # ~1 min of work
 
 
 def old_dataset(path):
@@ -58,7 +58,7 @@ def test_overwrite_refuses_anything_but_a_dataset_of_ours(tmp_path, capsys):
     (precious / "thesis.tex").write_text("\\documentclass{book}")
     before = tree_digest(precious)
     for flags in ([], ["--overwrite"]):
-        assert main(["create_synthetic", str(precious), "--num-images", "8", "--resolution", "8",
+        assert main(["create_synthetic", str(precious), "--num-images", "8", "--size", "8",
                      "--quiet", *flags]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert lines == [f"progan-dataset: error: OUT {precious}: exists and is not a data set "
@@ -68,7 +68,7 @@ def test_overwrite_refuses_anything_but_a_dataset_of_ours(tmp_path, capsys):
 
     notes = tmp_path / "notes.txt"
     notes.write_text("keep me")
-    assert main(["create_synthetic", str(notes), "--num-images", "8", "--resolution", "8",
+    assert main(["create_synthetic", str(notes), "--num-images", "8", "--size", "8",
                  "--overwrite", "--quiet"]) == 2
     assert "is a file, not a data set folder" in capsys.readouterr().err
     assert notes.read_text() == "keep me"
@@ -78,7 +78,7 @@ def test_overwrite_refuses_anything_but_a_dataset_of_ours(tmp_path, capsys):
     old_dataset(mixed)
     (mixed / "todo.md").write_text("x")
     before = tree_digest(mixed)
-    assert main(["create_synthetic", str(mixed), "--num-images", "8", "--resolution", "8",
+    assert main(["create_synthetic", str(mixed), "--num-images", "8", "--size", "8",
                  "--overwrite", "--quiet"]) == 2
     assert "holds todo.md, which is not part of its data set" in capsys.readouterr().err
     assert tree_digest(mixed) == before
@@ -86,11 +86,11 @@ def test_overwrite_refuses_anything_but_a_dataset_of_ours(tmp_path, capsys):
     # A data set of ours is replaced with --overwrite, and only then.
     ours = tmp_path / "ours"
     old = old_dataset(ours)
-    assert main(["create_synthetic", str(ours), "--num-images", "8", "--resolution", "8",
+    assert main(["create_synthetic", str(ours), "--num-images", "8", "--size", "8",
                  "--quiet"]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert tree_digest(ours) == old
-    assert main(["create_synthetic", str(ours), "--num-images", "8", "--resolution", "8",
+    assert main(["create_synthetic", str(ours), "--num-images", "8", "--size", "8",
                  "--overwrite", "--quiet"]) == 0
     assert json.loads((ours / "dataset.json").read_text())["image_count"] == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed", "notes.txt", "ours", "precious"]
@@ -107,7 +107,7 @@ def test_out_may_not_be_contain_or_sit_inside_the_input(tmp_path, capsys):
         (images / "sub" / "out", images, "is inside the input folder"),
     ]
     for out, source, message in cases:
-        assert main(["create_from_images", str(out), str(source), "--resolution", "16",
+        assert main(["create_from_images", str(out), str(source), "--size", "16",
                      "--overwrite", "--quiet"]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and lines[0].startswith(
@@ -127,7 +127,7 @@ def test_arguments_are_checked_before_the_build(tmp_path, capsys):
     for flags, message in ((["--train-count", "10"], "--train-count 10: the source has only 4 images"),
                            (["--workers", "0"], "--workers 0: expected 1 or more")):
         started = time.monotonic()
-        assert main(["create_from_images", str(tmp_path / "out"), str(images), "--resolution", "16",
+        assert main(["create_from_images", str(tmp_path / "out"), str(images), "--size", "16",
                      "--quiet", *flags]) == 2
         assert time.monotonic() - started < 2.0  # before any image is read
         assert capsys.readouterr().err.strip().splitlines() == [f"progan-dataset: error: {message}"]
@@ -149,7 +149,7 @@ def test_each_skipped_file_has_a_short_reason_and_enlargements_are_counted(tmp_p
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.txt").write_text("not a picture")
     PIL.Image.fromarray(rng.integers(0, 65536, (32, 32)).astype(np.uint16)).save(folder / "deep.png")
-    assert main(["create_from_images", str(tmp_path / "out"), str(folder), "--resolution", "32",
+    assert main(["create_from_images", str(tmp_path / "out"), str(folder), "--size", "32",
                  "--workers", "2"]) == 0
     captured = capsys.readouterr()
     manifest = json.loads((tmp_path / "out" / "dataset.json").read_text())
@@ -221,7 +221,7 @@ def test_signals_worker_crash_and_sigkill_mid_build(tmp_path, capsys):
                 process.communicate()
     stranger = parent / ".stranger.partial-999999999"  # not ours: no marker, no data set
     stranger.mkdir()
-    assert main(["create_synthetic", str(parent / "small"), "--num-images", "4", "--resolution", "8",
+    assert main(["create_synthetic", str(parent / "small"), "--num-images", "4", "--size", "8",
                  "--workers", "2", "--quiet"]) == 0
     assert capsys.readouterr().err.strip().splitlines() == [
         f"removed {stagings['SIGKILL']}, left by an earlier build (process {process.pid}) that is "
@@ -257,16 +257,16 @@ def test_strict_bad_file_early_in_600_and_disk_full_mid_build(tmp_path, capsys):
         filler = disk / "other-users-file"
         filler.write_bytes(b"\0" * (22 * 2**20))
         assert main(["create_synthetic", str(disk / "tiny"), "--num-images", "600",
-                     "--resolution", "32", "--quiet"]) == 2
+                     "--size", "32", "--quiet"]) == 2
         line = capsys.readouterr().err.strip()
         assert line.startswith(f"progan-dataset: error: OUT {disk / 'tiny'}: the data set needs about "
                                "3.") and line.endswith("MB free") and "600 images, levels 32..4" in line
         filler.unlink()
 
-        strict = start_tool("create_from_images", tmp_path / "out", folder, "--resolution", "16",
+        strict = start_tool("create_from_images", tmp_path / "out", folder, "--size", "16",
                             "--workers", "2", "--strict", "--quiet")
         full = start_tool("create_synthetic", disk / "faces", "--num-images", "3000",
-                          "--resolution", "32", "--workers", "2", "--quiet")
+                          "--size", "32", "--workers", "2", "--quiet")
         seen = None
         while strict.poll() is None and seen is None:
             if list(tmp_path.glob(".out.partial-*")):
@@ -305,7 +305,7 @@ def test_strict_bad_file_early_in_600_and_disk_full_mid_build(tmp_path, capsys):
 def test_out_dot_is_the_current_folder_and_refused_when_not_a_dataset(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "paper.pdf").write_bytes(b"%PDF")
-    assert main(["create_synthetic", ".", "--num-images", "4", "--resolution", "8", "--overwrite",
+    assert main(["create_synthetic", ".", "--num-images", "4", "--size", "8", "--overwrite",
                  "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"progan-dataset: error: OUT {tmp_path}: exists and is not a data set written by "
@@ -313,6 +313,6 @@ def test_out_dot_is_the_current_folder_and_refused_when_not_a_dataset(tmp_path, 
     assert sorted(os.listdir(tmp_path)) == ["paper.pdf"]
     link = tmp_path / "link"
     link.symlink_to(tmp_path)
-    assert main(["create_synthetic", str(link), "--num-images", "4", "--resolution", "8",
+    assert main(["create_synthetic", str(link), "--num-images", "4", "--size", "8",
                  "--overwrite", "--quiet"]) == 2
     assert "is a symbolic link" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def ensure_data(path: Path) -> None:
         return
     from progan.dataset.cli import main as dataset_main
 
-    dataset_main(["create_synthetic", str(path), "--num-images", "4096", "--resolution", "32",
+    dataset_main(["create_synthetic", str(path), "--num-images", "4096", "--size", "32",
                   "--seed", "0", "--quiet"])
 
 

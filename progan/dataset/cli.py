@@ -50,7 +50,8 @@ def build_parser():
                               help="any folder (recursive) of JPEG/PNG/WebP images")
     sub.add_argument("out", type=Path, metavar="OUT")
     sub.add_argument("directory", type=Path, metavar="DIR")
-    sub.add_argument("--resolution", type=int, required=True, help="output size, a power of two")
+    sub.add_argument("--size", type=int, required=True,
+                     help="images are cropped and resized to SIZE x SIZE, a power of two")
 
     sub = commands.add_parser("create_tfds", parents=[create], help="an image dataset of TensorFlow Datasets")
     sub.add_argument("out", type=Path, metavar="OUT")
@@ -58,15 +59,16 @@ def build_parser():
     sub.add_argument("--split", default="train")
     sub.add_argument("--data-dir", type=Path, default=None)
     sub.add_argument("--image-key", default="image")
-    sub.add_argument("--resolution", type=int, default=None,
-                     help="output size (not for celeb_a, which gets the 128x128 CelebA crop)")
+    sub.add_argument("--size", type=int, default=None,
+                     help="images are resized to SIZE x SIZE (default: their own size; celeb_a "
+                          "gets the 128x128 CelebA crop)")
     sub.add_argument("--cx", type=int, default=89)
     sub.add_argument("--cy", type=int, default=121)
 
     sub = commands.add_parser("create_synthetic", parents=[create], help="procedural faces (demo, tests)")
     sub.add_argument("out", type=Path, metavar="OUT")
     sub.add_argument("--num-images", type=int, default=4096)
-    sub.add_argument("--resolution", type=int, default=32)
+    sub.add_argument("--size", type=int, default=32, help="image size (default 32)")
     sub.add_argument("--seed", type=int, default=0)
 
     sub = commands.add_parser("info", help="counts, levels, split, checksums, source")
@@ -75,7 +77,8 @@ def build_parser():
     sub = commands.add_parser("extract", help="write some records of one level as PNGs or one grid PNG")
     sub.add_argument("directory", type=Path, metavar="DIR")
     sub.add_argument("dest", type=Path, metavar="DEST", help="a directory, or the grid's .png file with --grid")
-    sub.add_argument("--resolution", type=int, default=None, help="level (default: the top one)")
+    sub.add_argument("--level", type=int, default=None,
+                     help="which level, by its resolution (default: the top one)")
     sub.add_argument("--split", default="all", choices=("train", "test", "all"))
     sub.add_argument("--start", type=int, default=0, help="first record of the split")
     sub.add_argument("--count", type=int, default=64)
@@ -114,20 +117,20 @@ def create_celeba(args):
 def create_from_images(args):
     from progan.dataset.sources import ImageFolderSource
 
-    return _write(args, ImageFolderSource(args.directory, args.resolution))
+    return _write(args, ImageFolderSource(args.directory, args.size))
 
 
 def create_tfds(args):
     from progan.dataset.sources import TfdsSource
 
     return _write(args, TfdsSource(args.name, args.split, args.data_dir, args.image_key,
-                                   args.resolution, args.cx, args.cy))
+                                   args.size, args.cx, args.cy))
 
 
 def create_synthetic(args):
     from progan.dataset.synthetic import SyntheticSource
 
-    return _write(args, SyntheticSource(args.num_images, args.resolution, args.seed))
+    return _write(args, SyntheticSource(args.num_images, args.size, args.seed))
 
 
 def info(args):
@@ -165,7 +168,7 @@ def extract(args):
     from progan.dataset.reader import open_dataset, read_images
 
     dataset = open_dataset(args.directory)
-    resolution = args.resolution or max(dataset.level_files)
+    resolution = args.level or max(dataset.level_files)
     if args.start < 0 or args.count < 1:
         raise DatasetError(f"--start {args.start} --count {args.count}: expected start >= 0, count >= 1")
     first, stop = dataset.split_range(args.split)
