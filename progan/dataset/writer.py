@@ -1,5 +1,8 @@
 """Write a source's images as a TFRecord pyramid, in parallel, atomically, safely.
 
+(Long because the safety is the point: the output checks, the workers and their fault
+handling, staging and the atomic swap belong together; split, each part would be unsafe alone.)
+
 Workers (forked processes) decode, crop, build the pyramid and write each chunk of
 up to 16 images as small TFRecord files; the main process appends the chunks in
 order to the level files (no image data crosses a pipe). Memory stays bounded: at
