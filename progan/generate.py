@@ -87,22 +87,29 @@ def load_snapshot(run_dir: Path | RunDir, images_seen: int, config: Config,
                            images_seen)
 
 
-def images_from_latents(model: keras.Model, latents: np.ndarray,
-                        batch_size: int = 64) -> np.ndarray:
-    """uint8 [N, R, R, C] images of a generator for float32 latents [N, latent_size]."""
-    batches = [to_uint8(model(latents[start:start + batch_size], training=False))
-               for start in range(0, len(latents), batch_size)]
+def images_from_latents(model: keras.Model, latents: np.ndarray, batch_size: int = 64,
+                        progress: bool = False) -> np.ndarray:
+    """uint8 [N, R, R, C] images of a generator for float32 latents [N, latent_size];
+    ``progress`` shows a bar of images generated."""
+    from tqdm import tqdm
+
+    batches = []
+    with tqdm(total=len(latents), unit="img", desc="generating", disable=not progress,
+              leave=False) as bar:
+        for start in range(0, len(latents), batch_size):
+            batches.append(to_uint8(model(latents[start:start + batch_size], training=False)))
+            bar.update(len(batches[-1]))
     return np.concatenate(batches)
 
 
 def generate(model: keras.Model, seeds, truncation: float | None = None,
-             batch_size: int = 64) -> np.ndarray:
+             batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """uint8 [len(seeds), R, R, C]: image i from the latent of ``seeds[i]``."""
     seeds = list(seeds)
     if not seeds:
         raise ValueError("--seeds: expected at least one seed")
     latents = seed_latents(seeds, model.input_shape[-1], truncation)
-    return images_from_latents(model, latents, batch_size)
+    return images_from_latents(model, latents, batch_size, progress)
 
 
 def slerp(start: np.ndarray, end: np.ndarray, t: np.ndarray) -> np.ndarray:

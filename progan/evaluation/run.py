@@ -34,6 +34,7 @@ the highest resolution evaluated: values at different resolutions measure differ
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -221,7 +222,9 @@ class SnapshotEvaluator:
         loaded = load_snapshot(self.run, images_seen, self.config, self.networks)
         stage = loaded.stage
         started = time.time()
-        fakes = generate(loaded.model, range(self.num_images))
+        self.log(f"kimg {images_seen / 1000:g}: generating {self.num_images} images at "
+                 f"{stage.resolution}x{stage.resolution}, then {', '.join(self.metrics)}")
+        fakes = generate(loaded.model, range(self.num_images), progress=sys.stdout.isatty())
         prefix = f"kimg {images_seen / 1000:<9.3f} res {stage.resolution:<4d}"
         cache: dict = {}
         records = {}
@@ -270,10 +273,14 @@ def evaluate_run(run_dir: Path, metrics=("swd",), num_images: int = 2048,
     log(f"evaluating {len(chosen)} snapshot(s) at kimg "
         + ", ".join(f"{seen / 1000:g}" for seen in chosen))
     evaluator = SnapshotEvaluator(run_dir, metrics, num_images, split, seed, feature_extractor, log)
-    records = []
+    from progan.training.report import duration
+
+    records, started = [], time.time()
     for number, images_seen in enumerate(chosen, 1):
         records.extend(evaluator.evaluate(images_seen).values())
-        log(f"snapshot {number}/{len(chosen)} done")
+        spent = time.time() - started
+        log(f"snapshot {number}/{len(chosen)} done; {duration(spent)} so far, ETA "
+            f"{duration(spent / number * (len(chosen) - number))}")
     return records
 
 
@@ -349,8 +356,13 @@ def plot_metrics(run_dir: Path) -> Path | None:
         for (num_images, split, extractor), by_snapshot in series.items():
             points = [by_snapshot[seen] for seen in sorted(by_snapshot)]
             label = f"{num_images} images, {split}" + (f", {extractor}" if extractor else "")
-            axis.plot([p["kimg"] for p in points], [p["value"] for p in points], marker="o",
-                      markersize=3, label=label)
+            axis.plot([p["kimg"] for p in points], [p["value"] for p in points], linewidth=1,
+                      color="grey", label=label)
+            # a different resolution measures something else: each gets its own colour
+            for resolution in sorted({p["resolution"] for p in points}):
+                at = [p for p in points if p["resolution"] == resolution]
+                axis.scatter([p["kimg"] for p in at], [p["value"] for p in at], s=14, zorder=3,
+                             label=f"{resolution}x{resolution}")
             if metric.target is not None:
                 axis.plot([p["kimg"] for p in points], [p[metric.target] for p in points],
                           linestyle="--", color="black", linewidth=1, label="reals")
