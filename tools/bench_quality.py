@@ -116,16 +116,6 @@ def _cli(argv: list[str]) -> None:
         raise SystemExit(f"progan {' '.join(argv)}: exit {code}")
 
 
-def _has_flag(command: str, flag: str) -> bool:
-    """Whether ``progan COMMAND`` takes ``flag`` (the CLI renamed some flags in 0.2)."""
-    from progan.cli import build_parser
-
-    parser = build_parser()
-    subparsers = next(action for action in parser._actions
-                      if isinstance(action, argparse._SubParsersAction))
-    return flag in subparsers.choices[command]._option_string_actions
-
-
 def score_run(run: Path, data: Path, args, config) -> dict:
     """{"K@R": swd} for every phase end (see the module docstring)."""
     from progan.dataset.reader import read_images
@@ -137,8 +127,7 @@ def score_run(run: Path, data: Path, args, config) -> dict:
     metrics_file = run / "metrics.jsonl"
     if metrics_file.exists():
         metrics_file.unlink()
-    new_cli = _has_flag("evaluate", "--snapshot")
-    _cli(["evaluate", str(run), "--metrics", "swd", "--snapshot" if new_cli else "--snapshots",
+    _cli(["evaluate", str(run), "--metrics", "swd", "--snapshot",
           ",".join(f"{kimg:g}" for kimg in kimgs), "--num-images", str(args.num_images),
           "--split", "train", "--seed", str(args.eval_seed)])
     values = {}
@@ -151,10 +140,9 @@ def score_run(run: Path, data: Path, args, config) -> dict:
             continue
         previous = stage.resolution // 2
         with tempfile.TemporaryDirectory(dir=run) as folder:
-            # the same fakes as evaluate's: latent seeds 0..N-1 (or one stream of --seed)
-            latents = (["--seeds", f"0-{args.num_images - 1}"] if new_cli
-                       else ["--num", str(args.num_images), "--seed", str(args.eval_seed)])
-            _cli(["generate", str(run), *latents, "--snapshot", f"{kimg:g}", "--out", folder])
+            # the same fakes as evaluate's: latent seeds 0..N-1
+            _cli(["generate", str(run), "--seeds", f"0-{args.num_images - 1}", "--snapshot",
+                  f"{kimg:g}", "--out", folder])
             fakes = _read_pngs(Path(folder))
         assert fakes.shape[1] == stage.resolution, fakes.shape
         fakes = fakes.reshape(len(fakes), previous, 2, previous, 2, -1).astype(np.float32)
