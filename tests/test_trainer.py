@@ -58,9 +58,8 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_dataset, tin
     rng = random.Random(7)
     command = [sys.executable, "-m", "progan", "train", *map(str, common), "--out", str(interrupted)]
     interruptions = []
-    # SIGKILL while a snapshot is being written, SIGKILL at a random moment, then SIGTERM.
-    for stop_signal, during_write in ((signal.SIGKILL, True), (signal.SIGKILL, False),
-                                      (signal.SIGTERM, False)):
+    # SIGKILL while a snapshot is being written, then SIGTERM at a random moment.
+    for stop_signal, during_write in ((signal.SIGKILL, True), (signal.SIGTERM, False)):
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
         before = (list_snapshots(interrupted / "checkpoints") or [(-1, None)])[-1][0]
@@ -75,8 +74,8 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_dataset, tin
         output = process.communicate(timeout=120)[0]
         interruptions.append((stop_signal, process.returncode, output))
         command = [sys.executable, "-m", "progan", "resume", str(interrupted)]
-    assert interruptions[0][1] == interruptions[1][1] == -signal.SIGKILL
-    sigterm_code, sigterm_output = interruptions[2][1], interruptions[2][2]
+    assert interruptions[0][1] == -signal.SIGKILL
+    sigterm_code, sigterm_output = interruptions[1][1], interruptions[1][2]
     assert sigterm_code == 0 and f"progan resume {interrupted}" in sigterm_output, sigterm_output[-2000:]
     assert "done: kimg" not in sigterm_output
     result = run_progan("resume", interrupted)
@@ -89,7 +88,7 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_dataset, tin
     for name, array in straight_arrays.items():
         np.testing.assert_array_equal(interrupted_arrays[name], array, err_msg=name)
     log = (interrupted / "log.txt").read_text()
-    assert log.count("resumed from snapshot") == 3
+    assert log.count("resumed from snapshot") == 2
     assert not list((interrupted / "checkpoints").glob(".tmp-*"))
     ticks = [json.loads(line) for line in (interrupted / "stats.jsonl").read_text().splitlines()]
     straight_ticks = [json.loads(line) for line in (straight / "stats.jsonl").read_text().splitlines()]
