@@ -137,6 +137,9 @@ class LossConfig:
     gp_gamma: float = 1.0
     drift: float = 0.001
     r1_gamma: float = 10.0
+    # The generator step draws its own latents (reference); true reuses the discriminator
+    # step's latents of the same iteration, as pro-gan-pth does.
+    shared_latents: bool = False
 
     def validate(self) -> None:
         _require(self.name in LOSSES, "loss.name", "one of " + ", ".join(LOSSES), self.name)

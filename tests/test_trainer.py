@@ -253,7 +253,7 @@ def test_finetune_starts_from_the_snapshot_at_a_reduced_rate(tmp_path, finished_
 def _xla_functions(step) -> list[str]:
     """Names of the functions in a compiled step's graph that XLA must compile."""
     names = []
-    for concrete in step._list_all_concrete_functions_for_serialization():
+    for concrete in step.run_steps._list_all_concrete_functions_for_serialization():
         for function in concrete.graph.as_graph_def().library.function:
             if function.attr["_XlaMustCompile"].b:
                 names.append(function.signature.name)

@@ -1,6 +1,6 @@
 """The compiled training step of one stage: D step, EMA update, G step, as small functions.
 
-    step = build_step(state, stage, strategy)     # one tf.function per (resolution, fading)
+    step = build_step(state, stage, strategy, stats)   # one per (resolution, fading)
     step(iterator, tf.constant(8, tf.int64))      # eight iterations, without leaving the graph
 
 Each iteration reads images seen, computes alpha from it (so a fade never retraces), takes
@@ -87,92 +87,128 @@ def fade_reals(reals, alpha):
     return reals + (upscale2d(downscale2d(reals)) - reals) * (1.0 - alpha)
 
 
-def build_step(state, stage, strategy, stats: StepStats):
-    """A `tf.function` ``(iterator, steps)`` running ``steps`` iterations of ``stage``."""
-    config = state.config
-    batch, fading = stage.batch_size, stage.fading
-    generator = state.networks.generator(stage.resolution, fading)
-    discriminator = state.networks.discriminator(stage.resolution, fading)
-    g_vars, d_vars = generator.trainable_weights, discriminator.trainable_weights
-    ema_of = {id(v): e for v, e in zip(state.generator_variables, state.ema_variables)}
-    ema_pairs = [(ema_of[id(v)], v) for v in g_vars]
-    latent_size, seed = config.model.latent_size, config.training.seed
-    start, length = stage.start_images, max(stage.end_images - stage.start_images, 1)
+def fade_alpha(images_seen, stage):
+    """Alpha of ``stage`` after ``images_seen`` images: 0 -> 1 across a fade, else 1."""
+    if not stage.fading:
+        return tf.constant(1.0)
+    length = max(stage.end_images - stage.start_images, 1)
+    return tf.clip_by_value(tf.cast(images_seen - stage.start_images, tf.float32) / length, 0.0, 1.0)
 
-    def d_gradients(reals, latents, mixing, alpha, loss_scale):
-        if fading:
+
+def unscaled_gradients(tape, scaled_loss, variables, loss_scale):
+    """d(scaled_loss)/d(variables) / loss_scale in float32, where ``scaled_loss`` = loss *
+    loss_scale was computed on ``tape`` (float16 loss scaling; the scale is 1 otherwise)."""
+    return [tf.cast(g, tf.float32) / loss_scale for g in tape.gradient(scaled_loss, variables)]
+
+
+def update_ema(pairs, beta: float) -> None:
+    """ema <- source + (ema - source) * beta for each (ema, source) pair."""
+    for ema, source in pairs:
+        ema.assign(source + (ema - source) * beta)
+
+
+class StageStep:
+    """The iterations of one stage; `build_step` returns its compiled ``run_steps``.
+
+    Random streams per iteration, keyed by (seed, images seen): 0 the discriminator's
+    latents, 1 the WGAN-GP mixing factors, 2 the generator's latents (the reference draws
+    new ones; with ``loss.shared_latents`` the generator step reuses stream 0).
+    """
+
+    def __init__(self, state, stage, strategy, stats: StepStats):
+        self.state, self.stage, self.strategy, self.stats = state, stage, strategy, stats
+        self.config = state.config
+        self.batch = stage.batch_size
+        self.generator = state.networks.generator(stage.resolution, stage.fading)
+        self.discriminator = state.networks.discriminator(stage.resolution, stage.fading)
+        self.g_vars = self.generator.trainable_weights
+        self.d_vars = self.discriminator.trainable_weights
+        ema_of = {id(v): e for v, e in zip(state.generator_variables, state.ema_variables)}
+        self.ema_pairs = [(ema_of[id(v)], v) for v in self.g_vars]
+        self.g_stream = 0 if self.config.loss.shared_latents else 2
+        if self.config.training.xla:
+            self.d_gradients = tf.function(self.d_gradients, jit_compile=True)
+            self.g_gradients = tf.function(self.g_gradients, jit_compile=True)
+
+    def latents(self, images_seen, stream: int):
+        shape = [self.batch, self.config.model.latent_size]
+        return distribute.replica_slice(
+            stateless_random(self.config.training.seed, images_seen, stream, shape), self.batch)
+
+    def d_gradients(self, reals, latents, mixing, alpha, loss_scale):
+        """The discriminator's gradients and its loss terms, both summed over this replica."""
+        if self.stage.fading:
             reals = fade_reals(reals, alpha)
-        fakes = generator(latents, training=True)
+        fakes = self.generator(latents, training=True)
         with tf.GradientTape() as tape:
-            terms = discriminator_loss(config.loss, discriminator, reals, fakes, mixing,
+            terms = discriminator_loss(self.config.loss, self.discriminator, reals, fakes, mixing,
                                        gradient_scale=loss_scale)
-            loss = tf.reduce_sum(terms["loss"]) / batch
+            loss = tf.reduce_sum(terms["loss"]) / self.batch
             scaled = loss * loss_scale
-        gradients = [tf.cast(g, tf.float32) / loss_scale for g in tape.gradient(scaled, d_vars)]
-        sums = {name: tf.reduce_sum(terms[key]) / batch for name, key in
+        gradients = unscaled_gradients(tape, scaled, self.d_vars, loss_scale)
+        sums = {name: tf.reduce_sum(terms[key]) / self.batch for name, key in
                 (("loss_d", "loss"), ("penalty", "penalty"), ("real", "real_score"),
                  ("fake", "fake_score"))}
         return gradients, sums
 
-    def g_gradients(latents, loss_scale):
+    def g_gradients(self, latents, loss_scale):
         with tf.GradientTape() as tape:
-            scores = discriminator(generator(latents, training=True), training=True)
-            loss = tf.reduce_sum(generator_loss(config.loss, scores)) / batch
+            scores = self.discriminator(self.generator(latents, training=True), training=True)
+            loss = tf.reduce_sum(generator_loss(self.config.loss, scores)) / self.batch
             scaled = loss * loss_scale
-        gradients = [tf.cast(g, tf.float32) / loss_scale for g in tape.gradient(scaled, g_vars)]
-        return gradients, loss
+        return unscaled_gradients(tape, scaled, self.g_vars, loss_scale), loss
 
-    if config.training.xla:
-        d_gradients = tf.function(d_gradients, jit_compile=True)
-        g_gradients = tf.function(g_gradients, jit_compile=True)
-
-    def d_replica(reals, images_seen, alpha, loss_scale):
-        latents = distribute.replica_slice(
-            stateless_random(seed, images_seen, 0, [batch, latent_size]), batch)
+    def d_replica(self, reals, images_seen, alpha, loss_scale):
         mixing = distribute.replica_slice(
-            stateless_random(seed, images_seen, 1, [batch], uniform=True), batch)
-        result = d_gradients(reals, latents, mixing, alpha, loss_scale)
+            stateless_random(self.config.training.seed, images_seen, 1, [self.batch], uniform=True),
+            self.batch)
+        result = self.d_gradients(reals, self.latents(images_seen, 0), mixing, alpha, loss_scale)
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, result)
 
-    def g_replica(images_seen, loss_scale):
-        latents = distribute.replica_slice(
-            stateless_random(seed, images_seen, 2, [batch, latent_size]), batch)
-        result = g_gradients(latents, loss_scale)
+    def g_replica(self, images_seen, loss_scale):
+        result = self.g_gradients(self.latents(images_seen, self.g_stream), loss_scale)
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, result)
 
-    def local(value):
-        return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], value)
+    def run_replicas(self, function, *args):
+        """``function`` on every replica; the all-reduced result as seen by the first."""
+        result = self.strategy.run(function, args=args)
+        return tf.nest.map_structure(lambda v: self.strategy.experimental_local_results(v)[0], result)
 
-    def update_ema():
-        beta = config.training.ema_beta
-        for ema, source in ema_pairs:
-            ema.assign(source + (ema - source) * beta)
-
-    def one_iteration(iterator):
+    def one_iteration(self, iterator):
+        """D step, EMA update, G step; then the bookkeeping counters and statistics."""
+        state = self.state
         images_seen = state.images_seen.read_value()
-        alpha = tf.clip_by_value(tf.cast(images_seen - start, tf.float32) / length, 0.0, 1.0) \
-            if fading else tf.constant(1.0)
+        alpha = fade_alpha(images_seen, self.stage)
         state.networks.generator_fade.alpha.assign(alpha)
         state.networks.discriminator_fade.alpha.assign(alpha)
         loss_scale = state.loss_scale.scale.read_value()
-        reals = next(iterator)
-        d_grads, d_sums = local(strategy.run(d_replica, args=(reals, images_seen, alpha, loss_scale)))
-        d_ok = apply_if_finite(state.d_optimizer, d_grads, d_vars, d_sums["loss_d"])
-        update_ema()
-        g_grads, g_loss = local(strategy.run(g_replica, args=(images_seen, loss_scale)))
-        g_ok = apply_if_finite(state.g_optimizer, g_grads, g_vars, g_loss)
-        ok = tf.logical_and(d_ok, g_ok)
+        d_grads, d_sums = self.run_replicas(self.d_replica, next(iterator), images_seen, alpha,
+                                            loss_scale)
+        d_ok = apply_if_finite(state.d_optimizer, d_grads, self.d_vars, d_sums["loss_d"])
+        update_ema(self.ema_pairs, self.config.training.ema_beta)
+        g_grads, g_loss = self.run_replicas(self.g_replica, images_seen, loss_scale)
+        g_ok = apply_if_finite(state.g_optimizer, g_grads, self.g_vars, g_loss)
+        self.record(tf.logical_and(d_ok, g_ok), d_sums, g_loss)
+
+    def record(self, ok, d_sums, g_loss) -> None:
+        state = self.state
         state.skipped_steps.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
         state.nonfinite_streak.assign(tf.where(ok, tf.constant(0, tf.int64),
                                                state.nonfinite_streak + 1))
         state.loss_scale.update(ok)
-        stats.add({"loss_d": d_sums["loss_d"], "penalty": d_sums["penalty"], "loss_g": g_loss,
-                   "wasserstein": d_sums["real"] - d_sums["fake"]}, ok)
-        state.images_seen.assign_add(batch)
+        self.stats.add({"loss_d": d_sums["loss_d"], "penalty": d_sums["penalty"], "loss_g": g_loss,
+                        "wasserstein": d_sums["real"] - d_sums["fake"]}, ok)
+        state.images_seen.assign_add(self.batch)
 
     @tf.function
-    def run_steps(iterator, steps):
+    def run_steps(self, iterator, steps):
         for _ in tf.range(steps):
-            one_iteration(iterator)
+            self.one_iteration(iterator)
 
-    return run_steps
+    def __call__(self, iterator, steps):
+        return self.run_steps(iterator, steps)
+
+
+def build_step(state, stage, strategy, stats: StepStats) -> StageStep:
+    """A callable ``(iterator, steps)`` running ``steps`` compiled iterations of ``stage``."""
+    return StageStep(state, stage, strategy, stats)
