@@ -3,12 +3,13 @@
 progan.dataset.sources / synthetic : where images come from
 progan.dataset.pyramid             : the reference tool's level chain
 progan.dataset.writer              : parallel, atomic writing + dataset.json
-progan.dataset.reader              : tf.data batches with exact resume
+progan.dataset.reader              : tf.data batches with exact resume, and their labels
 progan.dataset.cli                 : the ``progan-dataset`` command
 """
 
 from progan.dataset.format import DatasetError
-from progan.dataset.reader import load, open_dataset, read_images
+from progan.dataset.reader import LabelSet, load, open_dataset, read_images, read_labels
 from progan.dataset.synthetic import ensure_synthetic
 
-__all__ = ["DatasetError", "ensure_synthetic", "load", "open_dataset", "read_images"]
+__all__ = ["DatasetError", "LabelSet", "ensure_synthetic", "load", "open_dataset", "read_images",
+           "read_labels"]

@@ -36,7 +36,19 @@ Record ``i`` of every level file is the same image. Our tool adds
   in data sets written before progan 0.2;
 - ``levels``: list, one entry per level file, top level first, of
   ``{"file", "resolution", "records", "bytes", "sha256"}`` (the record count
-  and digest let training and evaluation key caches on a level).
+  and digest let training and evaluation key caches on a level);
+- ``labels`` (only in a data set with labels; absent otherwise, so a data set without
+  labels has the manifest and files it always had): ``{"file", "names", "kind",
+  "count", "sha256", "origin"}`` describing the labels file below: its name, one name per
+  column, ``"multi_label"`` (independent 0/1 attributes, e.g. CelebA's 40) or
+  ``"one_hot"`` (exactly one 1 per row: a class), the row count (= ``image_count``),
+  its digest, and where the labels came from (e.g. the attributes file read).
+
+Labels, as the reference tool stores them: one file per data set beside the level files,
+``OUT/<name>-rxx.labels`` (literally ``rxx``: it serves every level), a NumPy array
+written with ``np.save`` to an open file (so no ``.npy`` suffix), float32 ``[N, L]``,
+row ``i`` the labels of record ``i``. The reference loader takes the first ``*.labels``
+file of the folder in sorted order; with none, the data set has no labels.
 """
 
 import hashlib
@@ -45,6 +57,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from progan.errors import ProganError
 
 FORMAT_NAME = "progan-dataset"
@@ -52,6 +66,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "dataset.json"
 MIN_LOG2 = 2
 LEVEL_FILE_PATTERN = re.compile(r"^(?P<name>.+)-r(?P<log2>\d{2})\.tfrecords$")
+LABEL_KINDS = ("multi_label", "one_hot")
 
 
 class DatasetError(ProganError):
@@ -61,6 +76,32 @@ class DatasetError(ProganError):
 def level_filename(name, resolution):
     """The reference tool's file name of one level: ``<name>-rXX.tfrecords``, XX = log2(resolution)."""
     return f"{name}-r{log2_resolution(resolution):02d}.tfrecords"
+
+
+def labels_filename(name):
+    """The reference tool's file name of a data set's labels: ``<name>-rxx.labels``."""
+    return f"{name}-rxx.labels"
+
+
+def find_labels_file(directory):
+    """The labels file the reference loader would use: the first ``*.labels`` file of the
+    folder in sorted order, or None."""
+    found = sorted(path for path in Path(directory).glob("*.labels") if path.is_file())
+    return found[0] if found else None
+
+
+def write_labels(path, values):
+    """Write labels as the reference tool does: ``np.save`` of float32 [N, L] to an open
+    file (no ``.npy`` suffix is added)."""
+    with open(path, "wb") as handle:
+        np.save(handle, np.asarray(values, np.float32))
+
+
+def labels_kind(values):
+    """``"one_hot"`` if every row holds one 1 and zeros, else ``"multi_label"``."""
+    if values.shape[1] and ((values == 0) | (values == 1)).all() and (values.sum(axis=1) == 1).all():
+        return "one_hot"
+    return "multi_label"
 
 
 def log2_resolution(resolution):

@@ -38,6 +38,12 @@ worker ``w``'s share of each global batch: the samples ``i`` of the global batch
 its local replica ``j`` takes samples ``j, j + L, ...`` of the share. The shares of
 all workers are disjoint, their union is the one-worker global batch, and each worker
 reads only its records (a sharded load always streams).
+
+Labels (``read_labels``, ``load(labels=True)``): our data sets name their labels file in
+dataset.json; a reference-tool data set uses the first ``*.labels`` file of its folder, as
+the reference loader does (names ``label0``, ..., one_hot when every row is). Labels are
+small (CelebA's are 32 MB), so both modes hold them in memory and gather the rows of
+the records each batch holds: row ``i`` belongs to record ``i``, mirrored or not.
 """
 
 import os
@@ -47,7 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-from progan.dataset.format import DatasetError, find_level_files, read_manifest
+from progan.dataset.format import (LABEL_KINDS, DatasetError, find_labels_file, find_level_files,
+                                   labels_kind, read_manifest)
 
 SPLITS = ("train", "test", "all")
 PARSE_BATCH = 2048
@@ -63,6 +70,7 @@ class DatasetInfo:
       level_files: {resolution: Path} of the level files present.
       image_count: records per level file.
       train_count: records in the train split (the first ones).
+      label_file: the labels file (dataset.json's, else the first ``*.labels``), or None.
     """
 
     path: Path
@@ -70,6 +78,23 @@ class DatasetInfo:
     level_files: dict
     image_count: int
     train_count: int
+    label_file: Path | None = None
+
+    @property
+    def label_names(self):
+        """Names of the label columns, [] without labels; from dataset.json, or for a
+        reference-tool data set ``label0, label1, ...`` (reads only the file's header)."""
+        if self.label_file is None:
+            return []
+        if self.manifest is not None and "labels" in self.manifest:
+            return list(self.manifest["labels"]["names"])
+        shape, _ = _label_header(self.label_file, self.image_count)
+        return [f"label{index}" for index in range(shape[1])]
+
+    @property
+    def label_size(self):
+        """Number of label columns (0 without labels)."""
+        return len(self.label_names)
 
     def split_range(self, split):
         """(first, stop) record indices of a split: 'train', 'test' or 'all'."""
@@ -104,7 +129,7 @@ def open_dataset(path):
         image_count = count_records(level_files[min(level_files)])
         warnings.warn(f"{path}: no dataset.json (a reference-tool dataset?); "
                       f"treating all {image_count} records as the train split", stacklevel=2)
-        return DatasetInfo(path, None, level_files, image_count, image_count)
+        return DatasetInfo(path, None, level_files, image_count, image_count, find_labels_file(path))
     listed = {}
     for level in manifest["levels"]:
         file = path / level["file"]
@@ -116,7 +141,97 @@ def open_dataset(path):
                 f"{file}: {size} bytes but dataset.json says {level['bytes']}; the files disagree "
                 "with the manifest (run progan-dataset verify, or rebuild the dataset)")
         listed[level["resolution"]] = file
-    return DatasetInfo(path, manifest, listed, manifest["image_count"], manifest["train_count"])
+    label_file = find_labels_file(path)
+    if "labels" in manifest:
+        label_file = path / manifest["labels"]["file"]
+        if not label_file.is_file():
+            raise DatasetError(f"{label_file}: listed in dataset.json but missing")
+    return DatasetInfo(path, manifest, listed, manifest["image_count"], manifest["train_count"],
+                       label_file)
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """The labels of a split's records.
+
+    Attributes:
+      values: float32 [count, L], row k the labels of the split's record k.
+      names: list of L column names.
+      kind: "multi_label" (independent 0/1 attributes) or "one_hot" (one class per row);
+        None when the data set has no labels (then L = 0).
+    """
+
+    values: np.ndarray
+    names: list
+    kind: str | None
+
+    @property
+    def size(self):
+        """L, the number of label columns."""
+        return self.values.shape[1]
+
+
+def _label_header(file, count):
+    """(shape, dtype) from a labels file's NumPy header; a one-line error unless it is a
+    2-D float array of ``count`` rows."""
+    expected = f"expected float32 [{count}, L] labels written with np.save (one row per record)"
+    try:
+        with open(file, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)  # 2.0 and 3.0 differ in text only
+            shape, _, dtype = read_header(handle)
+    except (OSError, ValueError, EOFError, SyntaxError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DatasetError(f"{file}: not a NumPy array file ({reason[:80]}); {expected}") from None
+    if len(shape) != 2 or dtype.kind != "f":
+        raise DatasetError(f"{file}: holds {dtype} {list(shape)}; {expected}")
+    if shape[0] != count:
+        raise DatasetError(f"{file}: has {shape[0]} rows but the level files hold {count} records; "
+                           f"{expected}")
+    return shape, dtype
+
+
+def _load_label_values(info):
+    """float32 [image_count, L] of a data set's labels file, checked (see ``read_labels``)."""
+    file = info.label_file
+    shape, _ = _label_header(file, info.image_count)
+    try:
+        with open(file, "rb") as handle:
+            values = np.load(handle, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DatasetError(f"{file}: cannot be read by np.load ({reason[:80]}); expected "
+                           f"float32 [{info.image_count}, {shape[1]}] labels") from None
+    entry = (info.manifest or {}).get("labels")
+    if entry is not None and len(entry["names"]) != shape[1]:
+        raise DatasetError(f"{file}: has {shape[1]} labels per row but dataset.json names "
+                           f"{len(entry['names'])}")
+    return values.astype(np.float32, copy=False)
+
+
+def read_labels(path, split="train"):
+    """The labels of a split's records as a LabelSet (L = 0, kind None, without labels).
+
+    Our data sets: the file dataset.json names, with its names and kind. Reference-tool
+    data sets: the first ``*.labels`` file of the folder (names ``label0`` ...; kind
+    "one_hot" when every row is one-hot, else "multi_label"). A labels file that np.load
+    cannot read, that is not a 2-D float array, or whose rows are not one per record is a
+    one-line DatasetError naming it.
+    """
+    return _split_labels(open_dataset(path), split)
+
+
+def _split_labels(info, split):
+    """The LabelSet of a split of an opened data set (see ``read_labels``)."""
+    first, stop = info.split_range(split)
+    if info.label_file is None:
+        return LabelSet(np.zeros((stop - first, 0), np.float32), [], None)
+    values = _load_label_values(info)
+    kind = ((info.manifest or {}).get("labels") or {}).get("kind")
+    if kind not in LABEL_KINDS:  # a reference-tool labels file says nothing of its kind
+        kind = labels_kind(values)
+    return LabelSet(values[first:stop], info.label_names, kind)
 
 
 def count_records(file):
@@ -400,7 +515,8 @@ def _fits(count, resolution, channels, budget, shard_count):
 
 
 def load(path, resolution, split="train", batch_size=32, mirror=False, seed=0, start_image=0,
-         shuffle=True, memory_budget=None, shard_index=0, shard_count=1, shard_block=1):
+         shuffle=True, memory_budget=None, shard_index=0, shard_count=1, shard_block=1,
+         labels=False):
     """An endless ``tf.data.Dataset`` of float32 image batches [batch, R, R, C] in [-1, 1].
 
     Batch k holds stream positions ``start_image + k*batch_size ...`` (see the module
@@ -421,12 +537,54 @@ def load(path, resolution, split="train", batch_size=32, mirror=False, seed=0, s
       shard_index, shard_count, shard_block: yield only this worker's share of each
         global batch, ``batch_size // shard_count`` images (see the module docstring);
         ``batch_size`` must be a multiple of ``shard_count * shard_block``.
+      labels: yield ``(images, labels)`` batches, ``labels`` float32 [batch, L] the rows
+        of the records in the batch (see ``read_labels``; mirroring leaves them as they
+        are). A data set without labels is then an error.
     """
     import tensorflow as tf
 
     info = open_dataset(path)
     first, stop = info.split_range(split)
-    count = stop - first
+    _check_load(path, split, stop - first, batch_size, start_image, shard_index, shard_count,
+                shard_block)
+    label_values = None
+    if labels:
+        if info.label_file is None:
+            raise DatasetError(f"{path}: has no labels (no *.labels file); load it with labels=False")
+        label_values = _split_labels(info, split).values
+    slots = shard_slots(batch_size, shard_index, shard_count, shard_block)
+    channels = (info.manifest or {}).get("channels", 3)
+    streaming = not _fits(stop - first, resolution, channels, memory_budget, shard_count)
+    gather, shape = _gatherer(info, resolution, first, stop, streaming)
+
+    def batches():
+        order = StreamOrder(seed, stop - first, shuffle)
+        position = start_image
+        while True:
+            indices, flips = order(position + slots)
+            batch = gather(indices)
+            if mirror:  # numpy: several times faster than tf.reverse/tf.where on uint8 here
+                batch[flips] = batch[flips, :, ::-1]
+            yield batch if label_values is None else (batch, label_values[indices])
+            position += batch_size
+
+    spec = tf.TensorSpec([len(slots), *shape], tf.uint8)
+    if label_values is not None:
+        spec = (spec, tf.TensorSpec([len(slots), label_values.shape[1]], tf.float32))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=spec)
+
+    def to_float(batch, label_rows=None):
+        images = tf.cast(batch, tf.float32) / 127.5 - 1.0
+        return images if label_rows is None else (images, label_rows)
+
+    # Streaming keeps memory bounded: two batches in flight, whatever the level's size.
+    parallel = STREAM_PREFETCH if streaming else tf.data.AUTOTUNE
+    dataset = dataset.map(to_float, num_parallel_calls=parallel, deterministic=True)
+    return dataset.prefetch(parallel)
+
+
+def _check_load(path, split, count, batch_size, start_image, shard_index, shard_count, shard_block):
+    """One-line errors for arguments of ``load`` that cannot serve a stream."""
     if count == 0:
         raise DatasetError(f"{path}: the {split} split is empty")
     if batch_size < 1 or start_image < 0:
@@ -438,42 +596,18 @@ def load(path, resolution, split="train", batch_size=32, mirror=False, seed=0, s
             f"shard {shard_index} of {shard_count} (block {shard_block}) with batch_size {batch_size}: "
             "expected 0 <= shard_index < shard_count and batch_size a multiple of "
             "shard_count * shard_block")
+
+
+def _gatherer(info, resolution, first, stop, streaming):
+    """(gather(indices) -> uint8 [len, R, R, C], (R, R, C)) of records first..stop-1 of a
+    level: from memory, or read from disk per call when streaming."""
     file = info.level_file(resolution)
-    channels = (info.manifest or {}).get("channels", 3)
-    slots = shard_slots(batch_size, shard_index, shard_count, shard_block)
-    streaming = not _fits(count, resolution, channels, memory_budget, shard_count)
     if not streaming:
         images = _read_level(info, resolution, first, stop)
-        gather = images.__getitem__
-        channels = images.shape[-1]
-        resolution = images.shape[1]
-    else:
-        records = RecordFile(file, first, count)
-        if records.shape[1:] != (resolution, resolution):
-            records.close()
-            raise DatasetError(f"{file}: records are {records.shape[1]}x{records.shape[2]}, "
-                               f"expected {resolution}x{resolution}")
-        channels = records.shape[0]
-        gather = records.read
-
-    def batches():
-        order = StreamOrder(seed, count, shuffle)
-        position = start_image
-        while True:
-            indices, flips = order(position + slots)
-            batch = gather(indices)
-            if mirror:  # numpy: several times faster than tf.reverse/tf.where on uint8 here
-                batch[flips] = batch[flips, :, ::-1]
-            yield batch
-            position += batch_size
-
-    spec = tf.TensorSpec([len(slots), resolution, resolution, channels], tf.uint8)
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=spec)
-
-    def to_float(batch):
-        return tf.cast(batch, tf.float32) / 127.5 - 1.0
-
-    # Streaming keeps memory bounded: two batches in flight, whatever the level's size.
-    parallel = STREAM_PREFETCH if streaming else tf.data.AUTOTUNE
-    dataset = dataset.map(to_float, num_parallel_calls=parallel, deterministic=True)
-    return dataset.prefetch(parallel)
+        return images.__getitem__, images.shape[1:]
+    records = RecordFile(file, first, stop - first)
+    if records.shape[1:] != (resolution, resolution):
+        records.close()
+        raise DatasetError(f"{file}: records are {records.shape[1]}x{records.shape[2]}, "
+                           f"expected {resolution}x{resolution}")
+    return records.read, (resolution, resolution, records.shape[0])

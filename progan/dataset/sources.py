@@ -8,11 +8,16 @@ item into a square uint8 RGB image in a worker process (``load(item)``). A
 decodable-but-unusable input raises ``SkipImage`` (the writer skips it with a
 warning, or stops under ``--strict``); an input that shows the whole source is
 wrong (a CelebA image of the wrong size) raises ``DatasetError``.
+
+Labels: a source with labels sets ``labels`` (a ``LabelSpec``: column names, kind, origin)
+and answers ``label(item)`` in the main process, for the items written, in record order:
+labels are looked up by item, never by position, so a skipped input cannot shift them.
 """
 
 import io
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +37,16 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error,
 
 class SkipImage(Exception):
     """An input that is not a readable image; the message says why."""
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """A source's labels: one name per column, the kind (``format.LABEL_KINDS``) and where
+    they come from (for the build output and the manifest)."""
+
+    names: tuple
+    kind: str
+    origin: str
 
 
 def reference_order(count):
@@ -188,11 +203,13 @@ class ImageSource:
       crop: manifest ``crop`` dict or None.
       default_train_count: records in the train split unless the user says otherwise,
         as a function of the number of records written.
+      labels: a LabelSpec, or None for a source without labels.
     """
 
     kind = "?"
     order = "source"
     crop = None
+    labels = None
 
     def default_train_count(self, image_count):
         return image_count
@@ -206,6 +223,11 @@ class ImageSource:
         ``notes`` is a list of (kind, detail) pairs about changes a person may want to know
         of ("enlarged", "20x20"); sources may also return just (name, image).
         """
+        raise NotImplementedError
+
+    def label(self, item):
+        """float32 [len(labels.names)]: the labels of an item; called in the main process,
+        in record order, for each item written (only when ``labels`` is set)."""
         raise NotImplementedError
 
     @property
@@ -225,6 +247,15 @@ class FileListSource(ImageSource):
         self.archive = archive
         self._zip = None
         self.count = len(self.files)
+        self.label_rows, self._row_of = None, None
+
+    def set_labels(self, spec, rows):
+        """Give the source labels: ``rows`` float32 [len(files), L], row k for ``files[k]``."""
+        self.labels, self.label_rows = spec, np.asarray(rows, np.float32)
+        self._row_of = {file: index for index, file in enumerate(self.files)}
+
+    def label(self, item):
+        return self.label_rows[self._row_of[item]]
 
     def items(self):
         for index in reference_order(len(self.files)):

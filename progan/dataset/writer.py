@@ -23,6 +23,12 @@ Safety rules (see ``check_out``):
   removed by the next build in the same parent folder.
 
 Workers get their tasks as JSON plus raw bytes over pipes (no pickle).
+
+Labels (a source with ``labels``): each reply names the positions of the items its chunk
+wrote, and the main process asks the source for their labels as it appends the chunk, so
+row ``i`` of ``<name>-rxx.labels`` is record ``i`` and a skipped input has no row. The file
+is written in the staging folder with the level files and moves with them: a data set
+never has labels without records or records without their labels.
 """
 
 import ctypes
@@ -41,8 +47,9 @@ from pathlib import Path
 import numpy as np
 
 from progan.dataset.format import (FORMAT_NAME, FORMAT_VERSION, LEVEL_FILE_PATTERN, MANIFEST_NAME,
-                                   MIN_LOG2, DatasetError, level_filename, log2_resolution,
-                                   serialize_example, write_manifest)
+                                   MIN_LOG2, DatasetError, file_sha256, labels_filename,
+                                   level_filename, log2_resolution, serialize_example, write_labels,
+                                   write_manifest)
 from progan.dataset.pyramid import build_pyramid
 from progan.dataset.sources import SkipImage
 from progan.system import held_native_stderr, pid_alive
@@ -83,16 +90,17 @@ def _encode_chunk(task):
     Args:
       task: (chunk file prefix, list of source items).
     Returns:
-      dict(prefix, written, skipped=[messages], notes=[[kind, name, detail]]).
+      dict(prefix, written, skipped=[messages], notes=[[kind, name, detail]],
+      kept=[positions in the chunk of the items written]).
     """
     import tensorflow as tf
 
     prefix, items = task
     source, names = _WORKER_STATE["source"], _WORKER_STATE["level_names"]
     writers = [tf.io.TFRecordWriter(f"{prefix}-{name}") for name in names]
-    written, skipped, notes = 0, [], []
+    written, skipped, notes, kept = 0, [], [], []
     try:
-        for item in items:
+        for position, item in enumerate(items):
             try:
                 name, image, image_notes = _load(source, item)
             except SkipImage as error:
@@ -107,10 +115,11 @@ def _encode_chunk(task):
             for writer, level in zip(writers, levels):
                 writer.write(_fast_example(level))
             written += 1
+            kept.append(position)
     finally:
         for writer in writers:
             writer.close()
-    return {"prefix": prefix, "written": written, "skipped": skipped, "notes": notes}
+    return {"prefix": prefix, "written": written, "skipped": skipped, "notes": notes, "kept": kept}
 
 
 _EXAMPLE_TEMPLATES = {}
@@ -303,14 +312,15 @@ def _describe_chunk(chunk):
 
 
 def _encoded_chunks(source, num_levels, level_names, workers, chunk_dir):
-    """Results of _encode_chunk in record order (a generator: close it to stop the workers)."""
+    """Results of _encode_chunk in record order, each with its chunk's ``items`` (a generator:
+    close it to stop the workers)."""
     size = CHUNK_SIZE if source.count is None else max(1, min(CHUNK_SIZE, source.count // (4 * workers)))
     tasks = ((f"{chunk_dir / 'chunk'}{index:08d}", chunk)
              for index, chunk in enumerate(_chunks(source.items(), size)))
     if workers <= 1:
         _init_worker(source, num_levels, level_names)
         for task in tasks:
-            yield _encode_chunk(task)
+            yield dict(_encode_chunk(task), items=task[1])
         return
     # fork shares the already-imported modules (TensorFlow is imported by the package);
     # workers use only numpy, Pillow, protobuf and TF's synchronous record writer.
@@ -337,8 +347,7 @@ def _encoded_chunks(source, num_levels, level_names, workers, chunk_dir):
                 worker.conn.send_bytes(_pack(prefix, chunk))
                 sent += 1
             while appended in done:
-                yield done.pop(appended)
-                first_items.pop(appended, None)
+                yield dict(done.pop(appended), items=first_items.pop(appended))
                 appended += 1
             if exhausted and not busy and not done:
                 return
@@ -441,8 +450,9 @@ def _dataset_files(directory):
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         return None
     ours = {MANIFEST_NAME, MANIFEST_NAME + ".partial", STAGING_MARKER}
-    ours.update(level.get("file", "") for level in manifest.get("levels", [])
-                if isinstance(level, dict))
+    ours.update(_listed_files(manifest))
+    if isinstance(manifest.get("name"), str):
+        ours.add(labels_filename(manifest["name"]))
     files = []
     for path in directory.iterdir():
         match = LEVEL_FILE_PATTERN.match(path.name)
@@ -453,6 +463,15 @@ def _dataset_files(directory):
     return files
 
 
+def _listed_files(manifest):
+    """Names of the files a manifest lists: its level files and its labels file."""
+    listed = {level.get("file", "") for level in manifest.get("levels", []) if isinstance(level, dict)}
+    labels = manifest.get("labels")
+    if isinstance(labels, dict) and isinstance(labels.get("file"), str):
+        listed.add(labels["file"])
+    return listed
+
+
 def _foreign_entry(directory):
     """An entry of ``directory`` that is not part of its data set (for messages)."""
     manifest = {}
@@ -460,8 +479,7 @@ def _foreign_entry(directory):
         manifest = json.loads((directory / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
         pass
-    listed = {MANIFEST_NAME} | {level.get("file") for level in manifest.get("levels", [])
-                                if isinstance(level, dict)}
+    listed = {MANIFEST_NAME} | _listed_files(manifest)
     for path in sorted(directory.iterdir()):
         if path.name not in listed:
             return path
@@ -685,7 +703,9 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
         shutil.rmtree(staging)
     level_names = [level_filename(name, r) for r in resolutions]
     current = staging
-    image_count, skipped, notes = 0, [], []
+    image_count, skipped, notes, label_rows = 0, [], [], []
+    if source.labels is not None and progress:  # the summary line says it when quiet
+        bar.write(f"labels: {len(source.labels.names)} {source.labels.kind} from {source.labels.origin}")
     try:
         staging.mkdir()
         (staging / STAGING_MARKER).write_text(json.dumps(
@@ -713,6 +733,8 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
                     current = staging / level_name
                     output.write(records)
                     part.unlink()
+                if source.labels is not None:  # the items written, in record order
+                    label_rows.extend(source.label(reply["items"][k]) for k in reply["kept"])
                 image_count += reply["written"]
                 bar.update(reply["written"] + len(chunk_skipped))
             current = staging
@@ -735,27 +757,21 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
         for line in summary.values():
             bar.write(f"note: {line['message']}")
         manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "tool_version": __version__,
-            "name": name,
-            "source": source.description,
-            "crop": source.crop,
-            "resolution": top,
-            "source_resolution": source.resolution,
-            "channels": 3,
-            "image_count": image_count,
-            "order": source.order,
-            "train_count": train,
-            "test_count": image_count - train,
-            "skipped_count": len(skipped),
-            "skipped": [_skip_entry(reason) for reason in skipped],
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tool_version": __version__,
+            "name": name, "source": source.description, "crop": source.crop,
+            "resolution": top, "source_resolution": source.resolution, "channels": 3,
+            "image_count": image_count, "order": source.order,
+            "train_count": train, "test_count": image_count - train,
+            "skipped_count": len(skipped), "skipped": [_skip_entry(reason) for reason in skipped],
             "notes": {kind: {"count": line["count"], "example": line["example"]}
                       for kind, line in summary.items()},
             "levels": [{"file": level_name, "resolution": resolution, "records": image_count,
                         "bytes": (staging / level_name).stat().st_size, "sha256": digest.hexdigest()}
                        for level_name, resolution, digest in zip(level_names, resolutions, digests)],
         }
+        if source.labels is not None:
+            current = staging / labels_filename(name)
+            manifest["labels"] = _write_labels(current, source.labels, label_rows)
         current = staging / MANIFEST_NAME
         write_manifest(staging, manifest)
         current = out_dir
@@ -775,6 +791,17 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     finally:
         bar.close()
     return manifest
+
+
+def _write_labels(path, spec, rows):
+    """Write the labels file of a build (rows in record order); returns its manifest entry."""
+    values = np.stack(rows).astype(np.float32)
+    if values.shape[1] != len(spec.names):
+        raise DatasetError(f"{path.name}: rows of {values.shape[1]} labels, but {len(spec.names)} "
+                           f"names ({spec.origin})")
+    write_labels(path, values)
+    return {"file": path.name, "names": list(spec.names), "kind": spec.kind,
+            "count": len(values), "sha256": file_sha256(path), "origin": spec.origin}
 
 
 def _summarize_notes(notes, resolution):
