@@ -36,6 +36,22 @@ def make_celeba_like_images(directory, count, seed=0, suffix=".png", size=(178, 
     return paths
 
 
+def write_celeba_attributes(path, file_names, seed=0, count=40):
+    """Write a ``list_attr_celeba.txt`` for ``file_names`` as CelebA ships it (the image count,
+    the names, then a file name and one -1/1 per name, columns padded with spaces); returns
+    (names, int8 [len(file_names), count] of -1/1) in the order given."""
+    rng = np.random.default_rng(seed)
+    names = [f"Attribute_{index:02d}" for index in range(count)]
+    values = rng.choice(np.array([-1, 1], np.int8), (len(file_names), count))
+    lines = [str(len(file_names)), " ".join(names)]
+    lines += [name + " " + " ".join(f"{value:2d}" for value in row)
+              for name, row in zip(file_names, values)]
+    os.makedirs(os.path.dirname(str(path)) or ".", exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return names, values
+
+
 def reference_create_celeba(out_dir, png_dir, cx=89, cy=121):
     """The reference tool's create_celeba on every PNG in png_dir (no count check)."""
     import tensorflow as tf

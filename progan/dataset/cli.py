@@ -29,11 +29,8 @@ def _create_flags():
     return parent
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Create and inspect multi-resolution TFRecord datasets "
-        "(the layout of NVIDIA's progressive_growing_of_gans dataset_tool.py).")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_create_commands(commands):
+    """The create_* sub-commands: each source's own flags, plus the shared ones."""
     create = _create_flags()
 
     sub = commands.add_parser("create_celeba", parents=[create],
@@ -45,6 +42,11 @@ def build_parser():
     sub.add_argument("--cy", type=int, default=121, help="crop centre y (default 121)")
     sub.add_argument("--max-images", type=int, default=None,
                      help="use the first N sorted files instead of checking the full 202,599")
+    choice = sub.add_mutually_exclusive_group()
+    choice.add_argument("--attributes", type=Path, default=None, metavar="FILE",
+                        help="list_attr_celeba.txt to store as labels (default: found beside the "
+                             "images, in the zip, or not at all)")
+    choice.add_argument("--no-attributes", action="store_true", help="store no labels")
 
     sub = commands.add_parser("create_from_images", parents=[create],
                               help="any folder (recursive) of JPEG/PNG/WebP images")
@@ -52,6 +54,8 @@ def build_parser():
     sub.add_argument("directory", type=Path, metavar="DIR")
     sub.add_argument("--size", type=int, required=True,
                      help="images are cropped and resized to SIZE x SIZE, a power of two")
+    sub.add_argument("--labels", choices=("none", "folders"), default="none",
+                     help="folders: each first-level sub-folder of DIR is a class (one-hot labels)")
 
     sub = commands.add_parser("create_tfds", parents=[create], help="an image dataset of TensorFlow Datasets")
     sub.add_argument("out", type=Path, metavar="OUT")
@@ -64,14 +68,29 @@ def build_parser():
                           "gets the 128x128 CelebA crop)")
     sub.add_argument("--cx", type=int, default=89)
     sub.add_argument("--cy", type=int, default=121)
+    sub.add_argument("--no-attributes", action="store_true",
+                     help="do not store the boolean 'attributes' feature (celeb_a's 40) as labels")
 
     sub = commands.add_parser("create_synthetic", parents=[create], help="procedural faces (demo, tests)")
     sub.add_argument("out", type=Path, metavar="OUT")
     sub.add_argument("--num-images", type=int, default=4096)
     sub.add_argument("--size", type=int, default=32, help="image size (default 32)")
     sub.add_argument("--seed", type=int, default=0)
+    choice = sub.add_mutually_exclusive_group()
+    choice.add_argument("--attributes", choices=("basic", "extended"), default="basic",
+                        help="basic: Dark_Hair, Pale_Skin (the default images); extended: also "
+                             "Eyeglasses and Smiling, drawn into the faces (other images)")
+    choice.add_argument("--no-attributes", action="store_true", help="store no labels")
 
-    sub = commands.add_parser("info", help="counts, levels, split, checksums, source")
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Create and inspect multi-resolution TFRecord datasets "
+        "(the layout of NVIDIA's progressive_growing_of_gans dataset_tool.py).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_create_commands(commands)
+
+    sub = commands.add_parser("info", help="counts, levels, split, checksums, source, labels")
     sub.add_argument("directory", type=Path, metavar="DIR")
 
     sub = commands.add_parser("extract", help="write some records of one level as PNGs or one grid PNG")
@@ -88,7 +107,8 @@ def build_parser():
     sub.add_argument("first", type=Path, metavar="A")
     sub.add_argument("second", type=Path, metavar="B")
 
-    sub = commands.add_parser("verify", help="check level files against dataset.json (sha256, counts)")
+    sub = commands.add_parser("verify", help="check the level and labels files against dataset.json "
+                                             "(sha256, counts)")
     sub.add_argument("directory", type=Path, metavar="DIR")
     return parser
 
@@ -104,33 +124,46 @@ def _write(args, source):
           f"{', '.join(str(level['resolution']) for level in manifest['levels'])}, "
           f"train {manifest['train_count']} / test {manifest['test_count']}, "
           f"skipped {manifest['skipped_count']}"
-          + "".join(f", {kind} {note['count']}" for kind, note in sorted(manifest["notes"].items())))
+          + "".join(f", {kind} {note['count']}" for kind, note in sorted(manifest["notes"].items()))
+          + _labels_summary(manifest.get("labels")))
     return 0
+
+
+def _labels_summary(labels):
+    if labels is None:
+        return ""
+    return f", labels {len(labels['names'])} {labels['kind']} from {labels['origin']}"
 
 
 def create_celeba(args):
     from progan.dataset.sources import celeba_source
 
-    return _write(args, celeba_source(args.celeba, args.cx, args.cy, args.max_images))
+    attributes = None if args.no_attributes else args.attributes or "auto"
+    source = celeba_source(args.celeba, args.cx, args.cy, args.max_images, attributes)
+    if attributes == "auto" and source.labels is None:
+        print(f"{PROG}: note: no list_attr_celeba.txt beside {source.location}: the data set gets "
+              "no labels (name the file with --attributes FILE)", file=sys.stderr)
+    return _write(args, source)
 
 
 def create_from_images(args):
     from progan.dataset.sources import ImageFolderSource
 
-    return _write(args, ImageFolderSource(args.directory, args.size))
+    return _write(args, ImageFolderSource(args.directory, args.size, args.labels))
 
 
 def create_tfds(args):
     from progan.dataset.sources import TfdsSource
 
     return _write(args, TfdsSource(args.name, args.split, args.data_dir, args.image_key,
-                                   args.size, args.cx, args.cy))
+                                   args.size, args.cx, args.cy, not args.no_attributes))
 
 
 def create_synthetic(args):
     from progan.dataset.synthetic import SyntheticSource
 
-    return _write(args, SyntheticSource(args.num_images, args.size, args.seed))
+    attributes = "none" if args.no_attributes else args.attributes
+    return _write(args, SyntheticSource(args.num_images, args.size, args.seed, attributes))
 
 
 def info(args):
@@ -146,6 +179,7 @@ def info(args):
         print("manifest    none (reference-tool dataset): all records count as train")
         for resolution, file in sorted(dataset.level_files.items(), reverse=True):
             print(f"level {resolution:>4}  {file.name}  {file.stat().st_size} bytes")
+        _print_labels(dataset)
         return 0
     print(f"source      {manifest['source']}")
     print(f"crop        {manifest['crop']}")
@@ -158,7 +192,25 @@ def info(args):
     for level in manifest["levels"]:
         print(f"level {level['resolution']:>4}  {level['file']}  {level['records']} records  "
               f"{level['bytes']} bytes  sha256 {level['sha256']}")
+    _print_labels(dataset)
     return 0
+
+
+def _print_labels(dataset):
+    """The labels lines of ``info``: file, count, kind, and every name with the share of
+    records that have it (the file is read and checked; ``verify`` checks its sha256)."""
+    from progan.dataset.reader import read_labels
+
+    if dataset.label_file is None:
+        print("labels      none")
+        return
+    labels = read_labels(dataset.path, "all")
+    entry = (dataset.manifest or {}).get("labels")
+    where = f"  from {entry['origin']}" if entry and entry.get("origin") else ""
+    print(f"labels      {labels.size} {labels.kind} per record, {len(labels.values)} rows  "
+          f"{dataset.label_file.name}{where}")
+    present = labels.values.mean(axis=0) if len(labels.values) else np.zeros(labels.size)
+    print("            " + ", ".join(f"{name} {share:.0%}" for name, share in zip(labels.names, present)))
 
 
 def extract(args):
@@ -220,8 +272,29 @@ def compare(args):
         identical &= same == total == first.image_count == second.image_count
         note = "" if first_difference is None else f", first difference at record {first_difference}"
         print(f"level {resolution:>4}: identical {same} / {total}{note}")
+    identical &= _compare_labels(first, second)
     print("identical" if identical else "different")
     return 0 if identical else 1
+
+
+def _compare_labels(first, second):
+    """Compare two data sets' labels row by row (both without labels: nothing to say)."""
+    from progan.dataset.reader import read_labels
+
+    if first.label_file is None and second.label_file is None:
+        return True
+    if first.label_file is None or second.label_file is None:
+        print("labels present in only one")
+        return False
+    a, b = read_labels(first.path, "all"), read_labels(second.path, "all")
+    if a.values.shape != b.values.shape or a.names != b.names:
+        print(f"labels differ: {a.size} columns ({', '.join(a.names[:3])}, ...) vs {b.size} "
+              f"({', '.join(b.names[:3])}, ...)")
+        return False
+    equal = (a.values == b.values).all(axis=1)
+    note = "" if equal.all() else f", first difference at record {int(np.argmin(equal))}"
+    print(f"labels    : identical {int(equal.sum())} / {len(equal)}{note}")
+    return bool(equal.all())
 
 
 def verify(args):
@@ -243,8 +316,28 @@ def verify(args):
         good &= ok
         print(f"{'OK' if ok else 'MISMATCH'}  {level['file']}  records {records}/{level['records']}"
               f"  sha256 {'matches' if digest == level['sha256'] else 'differs: ' + digest}")
+    if "labels" in dataset.manifest:
+        good &= _verify_labels(dataset)
     print("verified" if good else "the files disagree with dataset.json")
     return 0 if good else 1
+
+
+def _verify_labels(dataset):
+    """Check the labels file against dataset.json (sha256, and that it reads as one row per
+    record); prints one line, returns whether it matched."""
+    from progan.dataset.format import DatasetError, file_sha256
+    from progan.dataset.reader import read_labels
+
+    entry = dataset.manifest["labels"]
+    digest = file_sha256(dataset.path / entry["file"])
+    try:
+        rows = len(read_labels(dataset.path, "all").values)
+    except DatasetError as error:
+        rows = f"unreadable ({error})"
+    ok = digest == entry["sha256"] and rows == entry["count"]
+    print(f"{'OK' if ok else 'MISMATCH'}  {entry['file']}  rows {rows}/{entry['count']}"
+          f"  sha256 {'matches' if digest == entry['sha256'] else 'differs: ' + digest}")
+    return ok
 
 
 COMMANDS = {"create_celeba": create_celeba, "create_from_images": create_from_images,
