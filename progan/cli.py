@@ -122,6 +122,9 @@ def _add_train(subparsers):
                         help=f"prepared dataset directory (default: build {DEFAULT_DATA} once)")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"run directory (default {DEFAULT_RUN} for the demo; required with --data)")
+    parser.add_argument("--conditional", action="store_true",
+                        help="condition both networks on the data set's labels (e.g. CelebA's 40 "
+                             "attributes; sets model.label_size and label_kind from the data)")
     _add_overrides(parser, "demo without --data, celeba64 (the thesis) with --data")
     parser.set_defaults(run=_run_train)
 
@@ -146,6 +149,8 @@ def _run_train(args, parser):
         out = out or DEFAULT_RUN
     elif out is None:
         parser.error("--out is required with --data")
+    if args.conditional:
+        config = trainer.conditional_config(config, data)
     result = trainer.train(config, data, out)
     _print_result(result, out)
 

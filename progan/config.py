@@ -64,9 +64,19 @@ class ModelConfig:
     d_output_gain: float = 1.0
     # Pixel norm after the generator's first (dense) layer, as the reference does.
     pixelnorm_after_dense: bool = True
+    # Conditioning (reference AC-GAN): labels [N, label_size] are concatenated to the latents
+    # and the discriminator's last layer outputs 1 + label_size values (score, label logits).
+    # 0 = unconditional. label_kind: "multi_label" (independent binary attributes, sigmoid
+    # cross-entropy) or "one_hot" (classes, softmax cross-entropy); the data set says which.
+    label_size: int = 0
+    label_kind: str = "multi_label"
 
     def validate(self) -> None:
         _require(self.latent_size >= 1, "model.latent_size", "a positive integer", self.latent_size)
+        _require(isinstance(self.label_size, int) and self.label_size >= 0, "model.label_size",
+                 "0 (unconditional) or the number of labels", self.label_size)
+        _require(self.label_kind in LABEL_KINDS, "model.label_kind", " or ".join(LABEL_KINDS),
+                 self.label_kind)
         _require(is_power_of_two(self.max_resolution) and 4 <= self.max_resolution <= 1024,
                  "model.max_resolution", "a power of two from 4 to 1024", self.max_resolution)
         _require(self.fmap_base >= 1 and self.fmap_max >= 1, "model.fmap_base/fmap_max",
@@ -125,6 +135,7 @@ class ScheduleConfig:
                      "a positive number at a power-of-two resolution", lr)
 
 
+LABEL_KINDS = ("multi_label", "one_hot")
 LOSSES = ("wgan_gp", "nonsaturating_r1", "least_squares")
 
 
@@ -140,9 +151,12 @@ class LossConfig:
     # The generator step draws its own latents (reference); true reuses the discriminator
     # step's latents of the same iteration, as pro-gan-pth does.
     shared_latents: bool = False
+    # Weight of the label cross-entropy terms of a conditional model (reference cond_weight).
+    cond_weight: float = 1.0
 
     def validate(self) -> None:
         _require(self.name in LOSSES, "loss.name", "one of " + ", ".join(LOSSES), self.name)
+        _require(self.cond_weight >= 0, "loss.cond_weight", "a number >= 0", self.cond_weight)
         _require(self.gp_lambda >= 0 and self.gp_gamma > 0 and self.drift >= 0 and self.r1_gamma >= 0,
                  "loss", "gp_lambda >= 0, gp_gamma > 0, drift >= 0, r1_gamma >= 0",
                  (self.gp_lambda, self.gp_gamma, self.drift, self.r1_gamma))
@@ -175,6 +189,10 @@ class TrainingConfig:
     seed: int = 0
     mirror: bool = True
     ema_beta: float = 0.999
+    # The EMA during fade-ins (None: ema_beta). While alpha moves, the generator changes
+    # systematically and a long average lags behind it; a shorter one during fades and a
+    # longer one in stable phases gives the best of both (issue 14; the demo preset).
+    ema_beta_fade: float | None = None
     tick_kimg: float = 20.0
     snapshot_kimg: float = 200.0
     keep_checkpoints: int = 5
@@ -191,6 +209,9 @@ class TrainingConfig:
 
     def validate(self) -> None:
         _require(0 <= self.ema_beta < 1, "training.ema_beta", "a value in [0, 1)", self.ema_beta)
+        _require(self.ema_beta_fade is None or 0 <= self.ema_beta_fade < 1,
+                 "training.ema_beta_fade", "null (= ema_beta) or a value in [0, 1)",
+                 self.ema_beta_fade)
         _require(self.tick_kimg > 0, "training.tick_kimg", "a positive number", self.tick_kimg)
         _require(self.snapshot_kimg > 0, "training.snapshot_kimg", "a positive number",
                  self.snapshot_kimg)

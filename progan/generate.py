@@ -25,7 +25,7 @@ import numpy as np
 from progan.backend import keras, tf
 from progan.config import Config
 from progan.networks import ProGAN
-from progan.images import enlarge, seed_latents, to_uint8
+from progan.images import enlarge, generator_inputs, seed_labels, seed_latents, to_uint8
 from progan.training.schedule import Schedule, Stage
 from progan.errors import ProganError
 from progan.run import RunDir
@@ -51,6 +51,11 @@ class LoadedGenerator(NamedTuple):
     stage: Stage
     config: Config
     images_seen: int
+    labels: object = None  # a conditional run's `progan.run.LabelTable`
+
+    def seed_labels(self, seeds):
+        """The labels of ``seeds`` for a conditional run (None otherwise)."""
+        return None if self.labels is None else seed_labels(seeds, self.labels.values)
 
 
 def load_generator(run_dir: Path, snapshot: str | int | float = "latest",
@@ -84,32 +89,50 @@ def load_snapshot(run_dir: Path | RunDir, images_seen: int, config: Config,
     stage = Schedule(config.schedule, config.model.max_resolution).stage_at(images_seen)
     networks.set_alpha(stage.alpha)
     return LoadedGenerator(networks.generator(stage.resolution, stage.fading), stage, config,
-                           images_seen)
+                           images_seen, run.read_labels() if config.model.label_size else None)
+
+
+def latent_size_of(model: keras.Model) -> int:
+    return int(model.inputs[0].shape[-1])
+
+
+def _check_labels(model: keras.Model, labels, count: int):
+    conditional = len(model.inputs) > 1
+    if conditional and labels is None:
+        raise ValueError("this generator is conditional: it needs labels (one row per image)")
+    if not conditional and labels is not None:
+        raise ValueError("--labels: this run is not conditional (it was trained without labels)")
+    if labels is not None and len(labels) != count:
+        raise ValueError(f"{len(labels)} label rows for {count} images")
 
 
 def images_from_latents(model: keras.Model, latents: np.ndarray, batch_size: int = 64,
-                        progress: bool = False) -> np.ndarray:
-    """uint8 [N, R, R, C] images of a generator for float32 latents [N, latent_size];
-    ``progress`` shows a bar of images generated."""
+                        progress: bool = False, labels=None) -> np.ndarray:
+    """uint8 [N, R, R, C] images of a generator for float32 latents [N, latent_size] (and
+    labels [N, L] for a conditional one); ``progress`` shows a bar of images generated."""
     from tqdm import tqdm
 
+    _check_labels(model, labels, len(latents))
     batches = []
     with tqdm(total=len(latents), unit="img", desc="generating", disable=not progress,
               leave=False) as bar:
         for start in range(0, len(latents), batch_size):
-            batches.append(to_uint8(model(latents[start:start + batch_size], training=False)))
+            window = slice(start, start + batch_size)
+            inputs = generator_inputs(latents[window], None if labels is None else labels[window])
+            batches.append(to_uint8(model(inputs, training=False)))
             bar.update(len(batches[-1]))
     return np.concatenate(batches)
 
 
 def generate(model: keras.Model, seeds, truncation: float | None = None,
-             batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """uint8 [len(seeds), R, R, C]: image i from the latent of ``seeds[i]``."""
+             batch_size: int = 64, progress: bool = False, labels=None) -> np.ndarray:
+    """uint8 [len(seeds), R, R, C]: image i from the latent of ``seeds[i]`` (and, for a
+    conditional generator, the labels row i)."""
     seeds = list(seeds)
     if not seeds:
         raise ValueError("--seeds: expected at least one seed")
-    latents = seed_latents(seeds, model.input_shape[-1], truncation)
-    return images_from_latents(model, latents, batch_size, progress)
+    latents = seed_latents(seeds, latent_size_of(model), truncation)
+    return images_from_latents(model, latents, batch_size, progress, labels)
 
 
 def slerp(start: np.ndarray, end: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -143,10 +166,17 @@ def interpolation_latents(seeds: list[int], latent_size: int, steps: int,
 
 
 def interpolate(model: keras.Model, seeds: list[int], steps: int = 30,
-                truncation: float | None = None, batch_size: int = 64) -> np.ndarray:
-    """uint8 frames [steps * (len(seeds) - 1) + 1, R, R, C] of a walk through the seeds' latents."""
-    latents = interpolation_latents(seeds, model.input_shape[-1], steps, truncation)
-    return images_from_latents(model, latents, batch_size)
+                truncation: float | None = None, batch_size: int = 64, labels=None) -> np.ndarray:
+    """uint8 frames [steps * (len(seeds) - 1) + 1, R, R, C] of a walk through the seeds'
+    latents. A conditional generator takes ``labels`` [len(seeds), L], one row per seed,
+    mixed linearly between them: ``seeds=[5, 5]`` with two label rows changes only the labels."""
+    latents = interpolation_latents(seeds, latent_size_of(model), steps, truncation)
+    if labels is not None:
+        labels = np.asarray(labels, np.float32)
+        fractions = (np.arange(steps) / steps)[:, None]
+        path = [(1.0 - fractions) * a + fractions * b for a, b in zip(labels[:-1], labels[1:])]
+        labels = np.concatenate(path + [labels[-1][None]]).astype(np.float32)
+    return images_from_latents(model, latents, batch_size, labels=labels)
 
 
 def save_animation(path: Path, frames: np.ndarray, fps: float = 24.0, min_size: int = 256) -> Path:
@@ -189,13 +219,14 @@ class ExportedGenerator(tf.Module):
     def __init__(self, model: keras.Model):
         super().__init__(name="progan_generator")
         self.model = model
-        latent_size = model.input_shape[-1]
-        self.generate = tf.function(
-            self._generate, input_signature=[tf.TensorSpec([None, latent_size], tf.float32,
-                                                           name="latents")])
+        signature = [tf.TensorSpec([None, latent_size_of(model)], tf.float32, name="latents")]
+        if len(model.inputs) > 1:  # conditional: latents and labels
+            signature.append(tf.TensorSpec([None, int(model.inputs[1].shape[-1])], tf.float32,
+                                           name="labels"))
+        self.generate = tf.function(self._generate, input_signature=signature)
 
-    def _generate(self, latents):
-        images = self.model(latents, training=False)
+    def _generate(self, latents, labels=None):
+        images = self.model(generator_inputs(latents, labels), training=False)
         # tf.round rounds half to even, as np.rint in to_uint8 does.
         return {"images": tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0.0, 255.0),
                                   tf.uint8)}
@@ -238,12 +269,15 @@ def export(run_dir: Path, out: Path, snapshot: str | int | float = "latest", log
         "resolution": stage.resolution, "fading": stage.fading, "alpha": stage.alpha,
         "latent_size": loaded.config.model.latent_size,
         "num_channels": loaded.config.model.num_channels,
+        "labels": None if loaded.labels is None else {"names": list(loaded.labels.names),
+                                                      "kind": loaded.labels.kind},
         "saved_model": str(saved_model), "keras": str(keras_file),
         "how_to_load": {
             "saved_model": "tf.saved_model.load(path).signatures['serving_default']"
-                           "(latents=float32 [N, latent_size])['images'] -> uint8 [N, R, R, C]; "
-                           "TensorFlow only",
-            "keras": "keras.saving.load_model(path)(latents) -> float32 images in about [-1, 1]; "
+                           "(latents=float32 [N, latent_size], and labels=float32 [N, L] for a "
+                           "conditional run)['images'] -> uint8 [N, R, R, C]; TensorFlow only",
+            "keras": "keras.saving.load_model(path)(latents, or [latents, labels] for a "
+                     "conditional run) -> float32 images in about [-1, 1]; "
                      "built-in Keras layers only, no progan needed"},
         "model": loaded.config.to_dict()["model"],
     }

@@ -8,6 +8,11 @@ One convention for latents, as StyleGAN2-ADA has it: the latent of seed ``s`` is
 ``numpy.random.RandomState(s).standard_normal(latent_size)``, whatever else is drawn with it.
 The training grids (``fakes*.png``), ``progan generate --seeds`` and ``progan interpolate
 --seeds`` all use it, so any face seen during training can be drawn again by its seed.
+
+A conditional generator also takes labels: those of seed ``s`` are row
+``RandomState([s, 1]).randint(N)`` of the run's label table (the training set's labels, so
+attributes come with the data's frequencies and correlations); `parse_label_request` turns
+``"Smiling,Eyeglasses,-Male"`` into values that override some of them.
 """
 
 from __future__ import annotations
@@ -106,3 +111,43 @@ def seed_latents(seeds, latent_size: int, truncation: float | None = None) -> np
                 outside = np.abs(latent) > truncation
         rows.append(latent)
     return np.asarray(rows, np.float32).reshape(len(rows), latent_size)
+
+
+def seed_labels(seeds, table: np.ndarray) -> np.ndarray:
+    """float32 [len(seeds), L]: the labels of seed ``s`` are row ``RandomState([s, 1])
+    .randint(len(table))`` of ``table`` (a stream apart from the latents')."""
+    rows = [np.random.RandomState([int(seed), 1]).randint(len(table)) for seed in seeds]
+    return np.asarray(table, np.float32)[rows].reshape(len(rows), table.shape[1])
+
+
+def parse_label_request(text: str, names: list[str], flag: str = "--labels") -> dict[int, float]:
+    """``"Smiling,Eyeglasses,-Male"`` -> {column: 1.0 or 0.0}; names are matched without
+    regard to case; ``-NAME`` forces the label to 0. An unknown name is a ValueError that
+    lists the known ones."""
+    lookup = {name.lower(): index for index, name in enumerate(names)}
+    wanted = {}
+    for part in filter(None, (item.strip() for item in text.split(","))):
+        value, name = (0.0, part[1:]) if part.startswith("-") else (1.0, part)
+        if name.lower() not in lookup:
+            raise ValueError(f"{flag} {text}: unknown label {name!r}; this run's labels are "
+                             + ", ".join(names))
+        wanted[lookup[name.lower()]] = value
+    if not wanted:
+        raise ValueError(f"{flag} {text!r}: expected label names, e.g. Smiling,-Male")
+    return wanted
+
+
+def apply_label_request(labels: np.ndarray, wanted: dict[int, float], kind: str) -> np.ndarray:
+    """``labels`` with the requested columns set; for one-hot classes a requested class
+    replaces the row (one class per image)."""
+    labels = np.array(labels, np.float32)
+    if kind == "one_hot" and any(value == 1.0 for value in wanted.values()):
+        labels[:] = 0.0
+    for column, value in wanted.items():
+        labels[:, column] = value
+    return labels
+
+
+def generator_inputs(latents, labels=None):
+    """What a generator model takes: the latents, or ``[latents, labels]`` when conditional."""
+    return latents if labels is None else [latents, labels]

@@ -19,8 +19,26 @@ from progan.backend import tf
 from progan.config import LossConfig
 
 
+def _split(outputs):
+    """Discriminator outputs [N, 1 + L] -> (scores [N], label logits [N, L]), float32."""
+    outputs = tf.cast(outputs, tf.float32)
+    outputs = tf.reshape(outputs, [tf.shape(outputs)[0], -1])  # [N] scores are [N, 1]
+    return outputs[:, 0], outputs[:, 1:]
+
+
 def _scores(discriminator, images, training=True):
-    return tf.cast(tf.reshape(discriminator(images, training=training), [-1]), tf.float32)
+    return _split(discriminator(images, training=training))[0]
+
+
+def label_penalty(kind: str, labels, logits):
+    """Per-sample cross-entropy of the label logits (reference AC-GAN term): softmax for
+    one-hot classes, the sum of sigmoid cross-entropies (the negative log-likelihood of the
+    whole attribute vector) for independent binary attributes."""
+    labels = tf.cast(labels, tf.float32)
+    if kind == "one_hot":
+        return tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits),
+                         axis=1)
 
 
 def _input_gradient_norm_squared(discriminator, images, gradient_scale=1.0):
@@ -39,7 +57,7 @@ def _input_gradient_norm_squared(discriminator, images, gradient_scale=1.0):
 
 
 def discriminator_loss(config: LossConfig, discriminator, reals, fakes, mixing=None,
-                       gradient_scale=1.0) -> dict:
+                       gradient_scale=1.0, labels=None) -> dict:
     """Per-sample discriminator loss and its terms.
 
     Args:
@@ -49,12 +67,29 @@ def discriminator_loss(config: LossConfig, discriminator, reals, fakes, mixing=N
         mixing: ``[N]`` factors u ~ U[0, 1) for the WGAN-GP interpolation (drawn by the
             caller, so replicas and tests can control them).
         gradient_scale: inner loss scale for the gradient penalty under float16.
+        labels: for a conditional model, ``(kind, real labels [N, L], fake labels [N, L])``:
+            adds ``cond_weight * (CE(real) + CE(fake))`` of the label logits to the loss.
     Returns:
-        dict of ``[N]`` tensors: ``loss``, ``real_score``, ``fake_score`` and ``penalty``.
+        dict of ``[N]`` tensors: ``loss``, ``real_score``, ``fake_score``, ``penalty`` and
+        ``label_penalty`` (0 when unconditional).
     """
+    real_outputs = discriminator(reals, training=True)
+    fake_outputs = discriminator(fakes, training=True)
+    (real_scores, real_logits), (fake_scores, fake_logits) = _split(real_outputs), _split(fake_outputs)
+    terms = _adversarial_terms(config, discriminator, reals, fakes, real_scores, fake_scores,
+                               mixing, gradient_scale)
+    terms["label_penalty"] = tf.zeros_like(real_scores)
+    if labels is not None:
+        kind, real_labels, fake_labels = labels
+        terms["label_penalty"] = (label_penalty(kind, real_labels, real_logits)
+                                  + label_penalty(kind, fake_labels, fake_logits))
+        terms["loss"] = terms["loss"] + config.cond_weight * terms["label_penalty"]
+    return terms
+
+
+def _adversarial_terms(config, discriminator, reals, fakes, real_scores, fake_scores, mixing,
+                       gradient_scale):
     if config.name == "wgan_gp":
-        real_scores = _scores(discriminator, reals)
-        fake_scores = _scores(discriminator, fakes)
         reals32, fakes32 = tf.cast(reals, tf.float32), tf.cast(fakes, tf.float32)
         mixing = tf.reshape(tf.cast(mixing, tf.float32), [-1, 1, 1, 1])
         mixed = reals32 + mixing * (fakes32 - reals32)
@@ -64,14 +99,10 @@ def discriminator_loss(config: LossConfig, discriminator, reals, fakes, mixing=N
         loss = (fake_scores - real_scores + config.gp_lambda * penalty
                 + config.drift * tf.square(real_scores))
     elif config.name == "nonsaturating_r1":
-        norm_squared, real_scores = _input_gradient_norm_squared(discriminator, reals, gradient_scale)
-        fake_scores = _scores(discriminator, fakes)
-        penalty = norm_squared
+        penalty, _ = _input_gradient_norm_squared(discriminator, reals, gradient_scale)
         loss = (tf.nn.softplus(fake_scores) + tf.nn.softplus(-real_scores)
                 + config.r1_gamma * 0.5 * penalty)
     elif config.name == "least_squares":
-        real_scores = _scores(discriminator, reals)
-        fake_scores = _scores(discriminator, fakes)
         penalty = tf.zeros_like(real_scores)
         loss = 0.5 * (tf.square(real_scores - 1.0) + tf.square(fake_scores))
     else:
@@ -79,13 +110,20 @@ def discriminator_loss(config: LossConfig, discriminator, reals, fakes, mixing=N
     return {"loss": loss, "real_score": real_scores, "fake_score": fake_scores, "penalty": penalty}
 
 
-def generator_loss(config: LossConfig, fake_scores) -> tf.Tensor:
-    """Per-sample generator loss ``[N]`` from the discriminator's scores of the fakes."""
-    fake_scores = tf.cast(tf.reshape(fake_scores, [-1]), tf.float32)
+def generator_loss(config: LossConfig, fake_outputs, labels=None) -> tf.Tensor:
+    """Per-sample generator loss ``[N]`` from the discriminator's outputs for the fakes
+    (``[N, 1]`` scores, or ``[N, 1 + L]`` with label logits); ``labels`` = (kind, the fakes'
+    labels) adds ``cond_weight * CE`` of the logits (reference ``G_wgan_acgan``)."""
+    fake_scores, fake_logits = _split(fake_outputs)
     if config.name == "wgan_gp":
-        return -fake_scores
-    if config.name == "nonsaturating_r1":
-        return tf.nn.softplus(-fake_scores)
-    if config.name == "least_squares":
-        return 0.5 * tf.square(fake_scores - 1.0)
-    raise ValueError(f"loss.name: unknown loss {config.name!r}")
+        loss = -fake_scores
+    elif config.name == "nonsaturating_r1":
+        loss = tf.nn.softplus(-fake_scores)
+    elif config.name == "least_squares":
+        loss = 0.5 * tf.square(fake_scores - 1.0)
+    else:
+        raise ValueError(f"loss.name: unknown loss {config.name!r}")
+    if labels is not None:
+        kind, fake_labels = labels
+        loss = loss + config.cond_weight * label_penalty(kind, fake_labels, fake_logits)
+    return loss

@@ -113,7 +113,8 @@ class ProGAN:
                 self._activation(), keras.layers.Flatten(),
                 self._d_layer(EqualizedDense(self._nf(0), name=f"{name}_dense0")),
                 self._activation(),
-                self._d_layer(EqualizedDense(1, gain=self.config.d_output_gain,
+                self._d_layer(EqualizedDense(1 + self.config.label_size,
+                                             gain=self.config.d_output_gain,
                                              name=f"{name}_dense1"))]
         return [self._d_layer(EqualizedConv2D(self._nf(level - 1), 3, name=f"{name}_conv0")),
                 self._activation(),
@@ -133,7 +134,8 @@ class ProGAN:
         return level
 
     def generator(self, resolution: int, fading: bool = False) -> keras.Model:
-        """Keras model: latents ``[N, latent_size]`` -> images ``[N, R, R, C]`` (float32).
+        """Keras model: latents ``[N, latent_size]`` -> images ``[N, R, R, C]`` (float32);
+        with ``label_size`` > 0 it takes ``[latents, labels]``.
 
         With ``fading=True`` the output is ``lerp(upscale(toRGB(previous block)),
         toRGB(new block), alpha)``.
@@ -143,7 +145,12 @@ class ProGAN:
         if key not in self._models:
             table = []
             latents = keras.Input((self.config.latent_size,), name="latents")
-            features = latents
+            inputs = features = latents
+            if self.config.label_size:  # reference: concat([latents, labels]) before it all
+                labels = keras.Input((self.config.label_size,), name="labels")
+                inputs = [latents, labels]
+                features = _apply([keras.layers.Concatenate(name="latents_and_labels")],
+                                  inputs, table)
             for block_level in range(2, level + 1):
                 if block_level == level and fading:
                     previous = _apply([self._to_rgb[level - 1],
@@ -155,13 +162,14 @@ class ProGAN:
                 images = _apply([self.generator_fade], [previous, images], table)
             images = _apply([keras.layers.Activation("linear", dtype="float32", name="images")],
                             images, table)
-            self._models[key] = keras.Model(latents, images,
+            self._models[key] = keras.Model(inputs, images,
                                             name=_model_name("generator", resolution, fading))
             self._layer_tables[key] = table
         return self._models[key]
 
     def discriminator(self, resolution: int, fading: bool = False) -> keras.Model:
-        """Keras model: images ``[N, R, R, C]`` -> scores ``[N, 1]`` (float32).
+        """Keras model: images ``[N, R, R, C]`` -> scores ``[N, 1]`` (float32); with
+        ``label_size`` L > 0, ``[N, 1 + L]``: the score, then one logit per label.
 
         With ``fading=True`` the new block's output is blended with ``fromRGB(downscale(images))``
         before the previous blocks: ``lerp(old, new, alpha)``.

@@ -34,6 +34,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from progan import __version__
 from progan.config import Config
@@ -49,6 +50,7 @@ STATS_FILE = "stats.jsonl"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 BEST_FILE = "best.json"
+LABELS_FILE = "labels.npz"  # a conditional run's label table (names, kind, values)
 SNAPSHOT_INFO = "snapshot.json"
 CHECKPOINT_PREFIX = "ckpt"
 KINDS = {"full": "snapshot-", "network": "network-"}
@@ -57,6 +59,15 @@ TEMPORARY = ".tmp-"
 
 class RunError(ProganError, RuntimeError):
     """A run directory cannot be used as asked; the message names the file or flag."""
+
+
+class LabelTable(NamedTuple):
+    """Labels of a conditional run: ``values`` float32 [N, L] (rows of the training split),
+    ``names`` (L), ``kind`` "multi_label" or "one_hot"."""
+
+    values: object
+    names: list
+    kind: str
 
 
 class FormatError(RunError):
@@ -441,6 +452,36 @@ class RunDir:
             write_text_atomic(self.stats_file, "".join(json.dumps(r, sort_keys=True) + "\n"
                                                        for r in kept))
         return max((record.get("tick", -1) for record in kept), default=-1) + 1
+
+    def write_labels(self, labels) -> None:
+        """RUN/labels.npz: the training split's label table, so that generate, evaluate and
+        export need no data set (no pickle: strings are a unicode array)."""
+        import numpy as np
+
+        temporary = self.path / f"{TEMPORARY}{LABELS_FILE}-{os.getpid()}"
+        try:
+            with open(temporary, "wb") as out:
+                np.savez(out, values=np.asarray(labels.values, np.float32),
+                         names=np.asarray(labels.names, dtype=str), kind=np.asarray(labels.kind))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.path / LABELS_FILE)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def read_labels(self):
+        """The `LabelTable` of a conditional run; None for an unconditional one."""
+        import numpy as np
+
+        path = self.path / LABELS_FILE
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return LabelTable(archive["values"].astype(np.float32),
+                                  [str(name) for name in archive["names"]], str(archive["kind"]))
+        except (OSError, ValueError, KeyError) as error:
+            raise RunError(f"{path}: not a readable label table ({error})") from None
 
     def append_metrics(self, records: list[dict]) -> None:
         _append_jsonl(self.metrics_file, records)

@@ -87,3 +87,55 @@ def test_wgan_generator_loss_and_unknown_name():
     object.__setattr__(bogus, "name", "hinge")
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         generator_loss(bogus, scores)
+
+
+# A conditional critic: the score of tanh_critic, then three label logits (linear in the image).
+V = RNG.normal(size=(3, 4, 4, 3))
+
+
+def labelled_critic(images, training=True):
+    logits = tf.einsum("nhwc,khwc->nk", images, tf.cast(V, images.dtype))
+    return tf.concat([tanh_critic(images), logits], axis=1)
+
+
+def _logits_reference(x):
+    return np.einsum("nhwc,khwc->nk", x, V)
+
+
+def _sigmoid_ce(labels, logits):  # float64, the textbook -y log s - (1 - y) log (1 - s)
+    s = 1.0 / (1.0 + np.exp(-logits))
+    return -(labels * np.log(s) + (1 - labels) * np.log(1 - s)).sum(axis=1)
+
+
+def _softmax_ce(labels, logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return -(labels * log_p).sum(axis=1)
+
+
+@pytest.mark.parametrize("kind", ["multi_label", "one_hot"])
+def test_conditional_losses_add_the_label_cross_entropy(kind):
+    """Reference D_wgangp_acgan / G_wgan_acgan: D adds cond_weight * (CE(reals) + CE(fakes)),
+    G adds cond_weight * CE(fakes); the score (column 0) and its gradient penalty unchanged."""
+    if kind == "one_hot":
+        real_labels, fake_labels = np.eye(3)[[0, 2, 1, 1, 0]], np.eye(3)[[2, 2, 0, 1, 1]]
+    else:
+        real_labels = RNG.integers(0, 2, (5, 3)).astype(np.float64)
+        fake_labels = RNG.integers(0, 2, (5, 3)).astype(np.float64)
+    ce = _softmax_ce if kind == "one_hot" else _sigmoid_ce
+    config = LossConfig(cond_weight=0.7)
+    args = (tf.constant(REALS, tf.float32), tf.constant(FAKES, tf.float32), tf.constant(MIX, tf.float32))
+    plain = discriminator_loss(config, tanh_critic, *args)
+    labelled = discriminator_loss(config, labelled_critic, *args, labels=(
+        kind, tf.constant(real_labels, tf.float32), tf.constant(fake_labels, tf.float32)))
+    penalty = ce(real_labels, _logits_reference(REALS)) + ce(fake_labels, _logits_reference(FAKES))
+    np.testing.assert_allclose(labelled["label_penalty"].numpy(), penalty, rtol=1e-4)
+    np.testing.assert_allclose(labelled["loss"].numpy(), plain["loss"].numpy() + 0.7 * penalty,
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(labelled["penalty"].numpy(), plain["penalty"].numpy(), rtol=1e-5)
+    outputs = labelled_critic(tf.constant(FAKES, tf.float32))
+    g_loss = generator_loss(config, outputs, labels=(kind, tf.constant(fake_labels, tf.float32)))
+    np.testing.assert_allclose(
+        g_loss.numpy(), -critic_reference(FAKES) + 0.7 * ce(fake_labels, _logits_reference(FAKES)),
+        rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(plain["label_penalty"].numpy(), np.zeros(5))

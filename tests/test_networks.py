@@ -226,3 +226,26 @@ def test_presets_reference_networks_except_the_demo():
     demo = load_config("demo").model  # issue 14: the reference gains fade in badly at its widths
     assert (demo.g_dense_gain, demo.to_rgb_gain, demo.d_output_gain,
             demo.pixelnorm_after_dense) == (np.sqrt(2), np.sqrt(2), np.sqrt(2), False)
+
+
+def test_conditional_networks_add_exactly_the_label_parameters():
+    """Reference conditioning: labels are concatenated to the latents before everything (the
+    latent pixel norm included), so the first dense kernel grows by L rows of 16 nf(1); the
+    discriminator's output layer gives 1 + L values (kernel nf(0) x (1 + L) and bias 1 + L)."""
+    import dataclasses
+
+    base = ModelConfig(latent_size=16, fmap_base=64, fmap_max=32, max_resolution=16)
+    conditional = dataclasses.replace(base, label_size=5)
+    plain, labelled = ProGAN(base), ProGAN(conditional)
+    before, after = plain.parameter_counts(), labelled.parameter_counts()
+    assert after["generator"] - before["generator"] == 5 * 16 * base.num_features(1)
+    assert after["discriminator"] - before["discriminator"] == 5 * base.num_features(0) + 5
+    generator = labelled.generator(8, fading=True)
+    images = generator([np.ones((2, 16), np.float32), np.zeros((2, 5), np.float32)])
+    assert images.shape == (2, 8, 8, 3)
+    assert labelled.discriminator(8)(images).shape == (2, 6)
+    table = [type(layer).__name__ for layer, _ in labelled.layer_table("generator", 8, True)]
+    assert table[:2] == ["Concatenate", "PixelNorm"]
+    # the labels change the images (they reach the first layer)
+    other = generator([np.ones((2, 16), np.float32), np.ones((2, 5), np.float32)])
+    assert not np.allclose(images, other)

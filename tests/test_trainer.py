@@ -106,12 +106,15 @@ def _weights(trainer):
             + trainer.state.ema_variables]
 
 
-def test_mirrored_iteration_equals_one_device(tmp_path, tiny_dataset):
+@pytest.mark.parametrize("conditional", [False, True])
+def test_mirrored_iteration_equals_one_device(tmp_path, tiny_dataset, conditional):
     # Adam's first step is lr * g / (|g| + eps): with eps = 1e-8 a gradient element that cancels
     # to ~1e-7 flips sign on float rounding and moves by 2 lr. eps = 1e-3 keeps the update a
     # smooth function of the gradient, so the comparison tests the distribution (same latents,
     # same mixing factors, gradients averaged over the global batch, applied once), not rounding.
     config = tiny(**{"schedule.batch_size": 8, "optimizer.epsilon": 1e-3})
+    if conditional:  # (images, labels) batches split over replicas like the images alone
+        config = training.conditional_config(config, tiny_dataset)
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     assert len(devices) == 2
     results = []

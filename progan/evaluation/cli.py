@@ -37,6 +37,50 @@ def _add_truncation(parser):
                              "(the truncation trick; e.g. 1.5); default none")
 
 
+def _add_labels(parser, walk=False):
+    more = (" One spec per seed separated by ';' (e.g. --seeds 5,5 --labels='-Smiling;Smiling' "
+            "changes only the smile), or one for all." if walk else "")
+    parser.add_argument("--labels", default=None, metavar="SPEC",
+                        help="conditional runs: labels to force, e.g. Smiling,Eyeglasses,-Male "
+                             "(-NAME forces 0; a SPEC that starts with - is written --labels=-Male); the others "
+                             "are drawn from the data with the seed."
+                             + more + " Default: all drawn with the seed.")
+    parser.add_argument("--labels-from", type=int, default=None, metavar="INDEX",
+                        help="conditional runs: start from the labels of training image INDEX "
+                             "(record order) instead of the seed's draw (default: the seed's draw)")
+
+
+def _labels_for(loaded, args, seeds, parser, walk=False):
+    """The label rows for ``seeds`` per --labels / --labels-from (None: unconditional)."""
+    from progan.images import apply_label_request, parse_label_request
+
+    if loaded.labels is None:
+        if args.labels is not None or args.labels_from is not None:
+            _fail(parser, args, "--labels: this run is not conditional (trained without labels)")
+        return None
+    table = loaded.labels
+    labels = loaded.seed_labels(seeds)
+    if args.labels_from is not None:
+        if not 0 <= args.labels_from < len(table.values):
+            _fail(parser, args, f"--labels-from {args.labels_from}: expected an index below "
+                                f"{len(table.values)} (the training images)")
+        labels[:] = table.values[args.labels_from]
+    if args.labels is None:
+        return labels
+    specs = args.labels.split(";") if walk else [args.labels]
+    if len(specs) not in (1, len(seeds)):
+        _fail(parser, args, f"--labels {args.labels}: expected one spec or one per seed "
+                            f"({len(seeds)}), separated by ';'")
+    per_seed = specs if len(specs) == len(seeds) else specs * len(seeds)
+    try:
+        for row, spec in enumerate(per_seed):
+            wanted = parse_label_request(spec, table.names)
+            labels[row:row + 1] = apply_label_request(labels[row:row + 1], wanted, table.kind)
+    except ValueError as error:
+        _fail(parser, args, error)
+    return labels
+
+
 # -- evaluate ------------------------------------------------------------------------------
 
 
@@ -122,6 +166,7 @@ def add_generate(subparsers):
                         help="latent seeds, e.g. 0-7,12; image i is seed i, as in the training "
                              "grids (default 0-63)")
     _add_truncation(parser)
+    _add_labels(parser)
     _add_snapshot(parser)
     parser.add_argument("--out", type=Path, required=True,
                         help="grid.png (one grid image) or a directory (seedNNNN.png per image)")
@@ -134,7 +179,8 @@ def run_generate(args, parser):
     from progan.images import image_grid, save_png
 
     loaded = load_generator(args.run_dir, args.snapshot, log=print)
-    images = generate(loaded.model, args.seeds, args.truncation)
+    labels = _labels_for(loaded, args, args.seeds, parser)
+    images = generate(loaded.model, args.seeds, args.truncation, labels=labels)
     out = args.out
     if out.suffix.lower() == ".png":
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +209,7 @@ def add_interpolate(subparsers):
     parser.add_argument("--size", type=int, default=256,
                         help="enlarge small frames (nearest) to at least this many pixels (default 256)")
     _add_truncation(parser)
+    _add_labels(parser, walk=True)
     _add_snapshot(parser)
     parser.add_argument("--out", type=Path, required=True,
                         help="walk.gif (or walk.mp4 with imageio-ffmpeg installed)")
@@ -180,7 +227,8 @@ def run_interpolate(args, parser):
     if args.out.suffix.lower() not in (".gif", ".mp4"):
         _fail(parser, args, f"--out {args.out}: expected a .gif or .mp4 file name")
     loaded = load_generator(args.run_dir, args.snapshot, log=print)
-    frames = interpolate(loaded.model, args.seeds, args.steps, args.truncation)
+    labels = _labels_for(loaded, args, args.seeds, parser, walk=True)
+    frames = interpolate(loaded.model, args.seeds, args.steps, args.truncation, labels=labels)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         save_animation(args.out, frames, args.fps, args.size)

@@ -24,8 +24,11 @@ class Metric:
             ``cache`` is shared by the metrics of one snapshot (e.g. the fakes' features).
         min_resolution: smallest resolution it is meaningful at.
         needs_features: needs a feature extractor (FID, KID: Inception weights).
-        target: None when lower is better; else the record field whose value is ideal (the
-            better snapshot is the one closest to it, e.g. the reals' MS-SSIM).
+        target: None when lower (or, with ``higher_is_better``, higher) is better; else the
+            record field whose value is ideal (the better snapshot is the one closest to it,
+            e.g. the reals' MS-SSIM).
+        higher_is_better: e.g. the attribute agreement.
+        needs_labels: only for conditional runs.
     """
 
     name: str
@@ -34,6 +37,8 @@ class Metric:
     min_resolution: int = 1
     needs_features: bool = False
     target: str | None = None
+    higher_is_better: bool = False
+    needs_labels: bool = False
 
     def applies(self, resolution: int) -> bool:
         return resolution >= self.min_resolution
@@ -41,7 +46,7 @@ class Metric:
     def badness(self, record: dict) -> float:
         """What best-snapshot selection minimises for a record of this metric."""
         if self.target is None:
-            return record["value"]
+            return -record["value"] if self.higher_is_better else record["value"]
         return abs(record["value"] - record[self.target])
 
 
@@ -96,8 +101,17 @@ register(Metric("swd", "SWD x10^3 (lower is better)", _swd))
 # diversity: the paper's protocol needs 16x16 and up; too high means too little variety
 register(Metric("msssim", "MS-SSIM (closest to the reals' is best)", _msssim, min_resolution=16,
                 target="real_value"))
+def _attributes(evaluator, resolution, fakes, cache):
+    from progan.evaluation.attributes import evaluate_attributes
+
+    return evaluate_attributes(evaluator, resolution, fakes)
+
+
 register(Metric("fid", "FID (lower is better)", _fid, needs_features=True))
 register(Metric("kid", "KID (lower is better)", _kid, needs_features=True))
+# conditional runs: how often a classifier trained on the reals sees the requested labels
+register(Metric("attributes", "attribute agreement (higher is better)", _attributes,
+                higher_is_better=True, needs_labels=True))
 
 
 def parse_metrics(text, flag: str = "--metrics") -> tuple[str, ...]:

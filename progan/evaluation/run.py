@@ -120,6 +120,10 @@ class SnapshotEvaluator:
         if feature_extractor is None and needing:
             raise EvaluationError(f"--metrics {','.join(needing)} need a feature extractor: pass "
                                   "--inception-graph FILE.pb or --inception-weights FILE")
+        unlabelled = [m for m in self.metrics if registry.METRICS[m].needs_labels]
+        if unlabelled and not self.config.model.label_size:
+            raise EvaluationError(f"--metrics {','.join(unlabelled)}: {self.run_dir} is not a "
+                                  "conditional run (trained without --conditional)")
         self.num_images, self.split, self.seed = num_images, split, seed
         self.extractor = feature_extractor
         self.log = log
@@ -224,7 +228,9 @@ class SnapshotEvaluator:
         started = time.time()
         self.log(f"kimg {images_seen / 1000:g}: generating {self.num_images} images at "
                  f"{stage.resolution}x{stage.resolution}, then {', '.join(self.metrics)}")
-        fakes = generate(loaded.model, range(self.num_images), progress=sys.stdout.isatty())
+        seeds = range(self.num_images)
+        fakes = generate(loaded.model, seeds, progress=sys.stdout.isatty(),
+                         labels=loaded.seed_labels(seeds))
         prefix = f"kimg {images_seen / 1000:<9.3f} res {stage.resolution:<4d}"
         cache: dict = {}
         records = {}

@@ -115,10 +115,13 @@ def distribute_global_batches(strategy: tf.distribute.Strategy, make_dataset, gl
         # Pipeline p's share is the samples of replicas p*local .. p*local + local - 1, in the
         # order (k, j) of sample k*replicas + p*local + j: local replica j takes j, j + local, ...
 
-        def slices(share):
-            by_replica = tf.reshape(share, [per_replica, local, *share.shape[1:]])
-            by_replica = tf.transpose(by_replica, [1, 0, *range(2, share.shape.rank + 1)])
-            return tf.data.Dataset.from_tensor_slices(by_replica)
+        def by_replica(tensor):
+            tensor = tf.reshape(tensor, [per_replica, local, *tensor.shape[1:]])
+            return tf.transpose(tensor, [1, 0, *range(2, tensor.shape.rank + 1)])
+
+        def slices(*share):  # images, or (images, labels) for a conditional run
+            parts = tuple(by_replica(tensor) for tensor in share)
+            return tf.data.Dataset.from_tensor_slices(parts if len(parts) > 1 else parts[0])
 
         share = make_dataset(shard_index=context.input_pipeline_id,
                              shard_count=context.num_input_pipelines, shard_block=local)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from progan.backend import keras, tf
 from progan.config import Config, TrainingConfig
-from progan.images import format_seeds, image_grid, save_png, seed_latents
+from progan.images import format_seeds, image_grid, save_png, seed_labels, seed_latents
 from progan.run import FormatError, RunDir, RunError
 from progan.training import distribute, state as states
 from progan.training.report import Reporter, duration, memory_gib, plot_curves, startup_summary
@@ -94,6 +94,7 @@ class Trainer:
         self.schedule = Schedule(config.schedule, config.model.max_resolution)
         check_batches(config, self.strategy)
         self.state = states.TrainingState(config, self.strategy)
+        self.labels = self._load_labels() if config.model.label_size else None
         with self.strategy.scope():
             self.stats = StepStats()
         self.reporter = Reporter(self.run, chief=self.chief, total_kimg=self.schedule.total_kimg)
@@ -108,6 +109,22 @@ class Trainer:
         self._stop_requested = False
         self._last_metrics = None
         self._evaluator = None
+
+    def _load_labels(self):
+        """A conditional run's training labels: from the data set, checked against the
+        config, kept in the state (the fakes' labels are drawn from them) and in RUN."""
+        from progan.dataset import reader
+
+        labels = reader.read_labels(self.data, split="train")
+        model = self.config.model
+        if labels.values.shape[1] != model.label_size or labels.kind != model.label_kind:
+            raise TrainingError(
+                f"{self.data}: {labels.values.shape[1]} {labels.kind} labels, but the config is "
+                f"conditional on {model.label_size} {model.label_kind} labels")
+        self.state.set_labels(labels.values, self.strategy)
+        if self.chief:
+            self.run.write_labels(labels)
+        return labels
 
     # -- compiled steps and data -------------------------------------------------------------
 
@@ -126,7 +143,8 @@ class Trainer:
             return reader.load(self.data, stage.resolution, split="train", batch_size=stage.batch_size,
                                mirror=self.config.training.mirror, seed=self.config.training.seed,
                                start_image=images_seen, shard_index=shard_index,
-                               shard_count=shard_count, shard_block=shard_block)
+                               shard_count=shard_count, shard_block=shard_block,
+                               **({"labels": True} if self.labels is not None else {}))
 
         return iter(distribute.distribute_global_batches(self.strategy, make_dataset, stage.batch_size))
 
@@ -159,7 +177,8 @@ class Trainer:
         self.run.write_snapshot(images_seen, "network", self.state.network_checkpoint)
         self.run.prune(self.config.training.keep_checkpoints)
         latents = seed_latents(self.grid_seeds, self.config.model.latent_size)
-        grid = image_grid(self.state.ema_images(latents, self.schedule.stage_at(images_seen)),
+        labels = None if self.labels is None else seed_labels(self.grid_seeds, self.labels.values)
+        grid = image_grid(self.state.ema_images(latents, self.schedule.stage_at(images_seen), labels),
                           self.config.training.grid_size)
         save_png(self.run_dir / fakes_name(images_seen), grid)
         self.reporter.images("fakes", grid, images_seen)
@@ -324,6 +343,8 @@ class Trainer:
             "g_lr": stage.g_lr, "d_lr": stage.d_lr,
         }
         stats["eta_hours"] = stats["eta_sec"] / 3600
+        if self.config.model.label_size:  # the label cross-entropy of reals + fakes (D side)
+            stats["label_penalty"] = means["label_penalty"]
         self.reporter.tick(stats)
         if not self._estimated and clock.train_images:
             self._estimated = True

@@ -132,7 +132,7 @@ class Reporter:
 # TensorBoard tag -> stats key
 TENSORBOARD_TAGS = {
     "Loss/D": "loss_d", "Loss/G": "loss_g", "Loss/gradient_penalty": "penalty",
-    "Loss/wasserstein_estimate": "wasserstein",
+    "Loss/wasserstein_estimate": "wasserstein", "Loss/label_penalty": "label_penalty",
     "Progress/kimg": "kimg", "Progress/resolution": "resolution", "Progress/alpha": "alpha",
     "Progress/skipped_steps": "skipped_steps", "Progress/loss_scale": "loss_scale",
     "Progress/learning_rate_G": "g_lr", "Progress/learning_rate_D": "d_lr",
@@ -158,7 +158,8 @@ def format_tick(stats: dict) -> str:
     alpha = f" alpha {stats['alpha']:.3f}" if stats.get("fading") else ""
     return (f"tick {stats['tick']:<4d} kimg {stats['kimg']:.1f}/{stats['total_kimg']:g} "
             f"res {stats['resolution']}x{stats['resolution']} {stats['phase']}{alpha}  "
-            f"loss D {stats['loss_d']:+.4f} G {stats['loss_g']:+.4f} gp {stats['penalty']:.4f}  "
+            f"loss D {stats['loss_d']:+.4f} G {stats['loss_g']:+.4f} gp {stats['penalty']:.4f}"
+            + (f" labels {stats['label_penalty']:.3f}" if "label_penalty" in stats else "") + "  "
             f"sec/kimg {stats['sec_per_kimg']:.2f} img/s {stats['images_per_sec']:.1f} "
             f"compile {stats['compile_sec']:.1f}s maint {stats['maintenance_sec']:.1f}s  "
             f"elapsed {duration(stats['elapsed_sec'])} ETA {duration(stats['eta_sec'])}  "
@@ -242,7 +243,9 @@ def startup_summary(config, data, strategy, run_path, presets: dict) -> list[str
         f"model      latent {config.model.latent_size}, fmap_base {config.model.fmap_base}, "
         f"fmap_max {config.model.fmap_max}, 4² -> {config.model.max_resolution}²",
         f"optimiser  Adam lr G {config.schedule.g_lr:g} D {config.schedule.d_lr:g}, "
-        f"beta ({config.optimizer.beta1:g}, {config.optimizer.beta2:g}), EMA {training.ema_beta:g}, "
+        f"beta ({config.optimizer.beta1:g}, {config.optimizer.beta2:g}), EMA {training.ema_beta:g}"
+        + (f" ({training.ema_beta_fade:g} in fade-ins)" if training.ema_beta_fade is not None else "")
+        + ", "
         f"loss {config.loss.name}",
         f"schedule   kimg per phase: {'; '.join(phases)}; total {schedule.total_kimg:g} kimg",
     ]

@@ -152,6 +152,14 @@ class TrainingState:
         self.checkpoint = full_checkpoint(*parts)
         self.readable_formats = {2: self.checkpoint, 1: legacy_checkpoint(*parts)}
         self.network_checkpoint = network_checkpoint(self.ema)
+        self.label_table = None  # a conditional run's training labels (see set_labels)
+
+    def set_labels(self, values, strategy) -> None:
+        """The label table [N, L] the fakes' labels are drawn from (not checkpointed: it is
+        the data set's, and RUN/labels.npz keeps a copy)."""
+        with strategy.scope():
+            self.label_table = tf.Variable(tf.constant(values, tf.float32), trainable=False,
+                                           name="label_table")
 
     def enter_stage(self, stage) -> None:
         """The stage's learning rates; Adam reset when a fade starts or ends (reference)."""
@@ -176,15 +184,19 @@ class TrainingState:
         variables = self.generator_variables + self.discriminator_variables + self.ema_variables
         return bool(all(tf.reduce_all(tf.math.is_finite(v)).numpy() for v in variables))
 
-    def ema_images(self, latents, stage):
-        """uint8 images of the EMA generator at ``stage`` (its resolution and alpha)."""
+    def ema_images(self, latents, stage, labels=None):
+        """uint8 images of the EMA generator at ``stage`` (its resolution and alpha);
+        ``labels`` [N, L] for a conditional model."""
         import numpy as np
 
-        from progan.images import to_uint8
+        from progan.images import generator_inputs, to_uint8
 
         self.ema.set_alpha(stage.alpha)
         generator = self.ema.generator(stage.resolution, stage.fading)
         # Direct calls, not Model.predict: predict would run collectives under a multi-worker
         # strategy, and only the chief draws images.
-        return np.concatenate([to_uint8(generator(latents[i:i + 64], training=False))
-                               for i in range(0, len(latents), 64)])
+        return np.concatenate([
+            to_uint8(generator(generator_inputs(latents[i:i + 64],
+                                                None if labels is None else labels[i:i + 64]),
+                               training=False))
+            for i in range(0, len(latents), 64)])

@@ -18,7 +18,7 @@ from progan.losses import discriminator_loss, generator_loss
 from progan.training import distribute
 
 # What each iteration reports, summed over a tick (and how many iterations were applied).
-STAT_NAMES = ("loss_d", "penalty", "loss_g", "wasserstein")
+STAT_NAMES = ("loss_d", "penalty", "loss_g", "wasserstein", "label_penalty")
 
 
 class LossScale:
@@ -101,6 +101,13 @@ def unscaled_gradients(tape, scaled_loss, variables, loss_scale):
     return [tf.cast(g, tf.float32) / loss_scale for g in tape.gradient(scaled_loss, variables)]
 
 
+def ema_beta(training, stage) -> float:
+    """The EMA's beta in ``stage``: ``ema_beta_fade`` during a fade-in when set."""
+    if stage.fading and training.ema_beta_fade is not None:
+        return training.ema_beta_fade
+    return training.ema_beta
+
+
 def update_ema(pairs, beta: float) -> None:
     """ema <- source + (ema - source) * beta for each (ema, source) pair."""
     for ema, source in pairs:
@@ -112,7 +119,10 @@ class StageStep:
 
     Random streams per iteration, keyed by (seed, images seen): 0 the discriminator's
     latents, 1 the WGAN-GP mixing factors, 2 the generator's latents (the reference draws
-    new ones; with ``loss.shared_latents`` the generator step reuses stream 0).
+    new ones; with ``loss.shared_latents`` the generator step reuses stream 0), 3 for a
+    conditional model the rows of the real label table that label the fakes (the first
+    half for the discriminator step, the second for the generator step), so the fakes'
+    labels follow the data's label distribution, as the reference draws them.
     """
 
     def __init__(self, state, stage, strategy, stats: StepStats):
@@ -126,6 +136,8 @@ class StageStep:
         ema_of = {id(v): e for v, e in zip(state.generator_variables, state.ema_variables)}
         self.ema_pairs = [(ema_of[id(v)], v) for v in self.g_vars]
         self.g_stream = 0 if self.config.loss.shared_latents else 2
+        self.label_table = state.label_table  # None: unconditional
+        self.label_kind = self.config.model.label_kind
         if self.config.training.xla:
             self.d_gradients = tf.function(self.d_gradients, jit_compile=True)
             self.g_gradients = tf.function(self.g_gradients, jit_compile=True)
@@ -135,26 +147,42 @@ class StageStep:
         return distribute.replica_slice(
             stateless_random(self.config.training.seed, images_seen, stream, shape), self.batch)
 
-    def d_gradients(self, reals, latents, mixing, alpha, loss_scale):
+    def fake_labels(self, images_seen, half: int):
+        """This replica's labels for the fakes of the D (half 0) or G (half 1) step."""
+        key = tf.stack([tf.constant(self.config.training.seed, tf.int64), images_seen * 4 + 3])
+        rows = tf.random.stateless_uniform([2 * self.batch], key, minval=0,
+                                           maxval=tf.shape(self.label_table, out_type=tf.int64)[0],
+                                           dtype=tf.int64)
+        rows = distribute.replica_slice(rows[half * self.batch:(half + 1) * self.batch], self.batch)
+        return tf.gather(self.label_table, rows)
+
+    def generate(self, latents, labels):
+        inputs = latents if labels is None else [latents, labels]
+        return self.generator(inputs, training=True)
+
+    def d_gradients(self, reals, latents, mixing, alpha, loss_scale, real_labels=None,
+                    fake_labels=None):
         """The discriminator's gradients and its loss terms, both summed over this replica."""
         if self.stage.fading:
             reals = fade_reals(reals, alpha)
-        fakes = self.generator(latents, training=True)
+        fakes = self.generate(latents, fake_labels)
+        labels = None if fake_labels is None else (self.label_kind, real_labels, fake_labels)
         with tf.GradientTape() as tape:
             terms = discriminator_loss(self.config.loss, self.discriminator, reals, fakes, mixing,
-                                       gradient_scale=loss_scale)
+                                       gradient_scale=loss_scale, labels=labels)
             loss = tf.reduce_sum(terms["loss"]) / self.batch
             scaled = loss * loss_scale
         gradients = unscaled_gradients(tape, scaled, self.d_vars, loss_scale)
         sums = {name: tf.reduce_sum(terms[key]) / self.batch for name, key in
                 (("loss_d", "loss"), ("penalty", "penalty"), ("real", "real_score"),
-                 ("fake", "fake_score"))}
+                 ("fake", "fake_score"), ("labels", "label_penalty"))}
         return gradients, sums
 
-    def g_gradients(self, latents, loss_scale):
+    def g_gradients(self, latents, loss_scale, fake_labels=None):
+        labels = None if fake_labels is None else (self.label_kind, fake_labels)
         with tf.GradientTape() as tape:
-            scores = self.discriminator(self.generator(latents, training=True), training=True)
-            loss = tf.reduce_sum(generator_loss(self.config.loss, scores)) / self.batch
+            outputs = self.discriminator(self.generate(latents, fake_labels), training=True)
+            loss = tf.reduce_sum(generator_loss(self.config.loss, outputs, labels)) / self.batch
             scaled = loss * loss_scale
         return unscaled_gradients(tape, scaled, self.g_vars, loss_scale), loss
 
@@ -162,11 +190,19 @@ class StageStep:
         mixing = distribute.replica_slice(
             stateless_random(self.config.training.seed, images_seen, 1, [self.batch], uniform=True),
             self.batch)
-        result = self.d_gradients(reals, self.latents(images_seen, 0), mixing, alpha, loss_scale)
+        latents = self.latents(images_seen, 0)
+        if self.label_table is None:
+            result = self.d_gradients(reals, latents, mixing, alpha, loss_scale)
+        else:
+            images, real_labels = reals
+            result = self.d_gradients(images, latents, mixing, alpha, loss_scale, real_labels,
+                                      self.fake_labels(images_seen, 0))
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, result)
 
     def g_replica(self, images_seen, loss_scale):
-        result = self.g_gradients(self.latents(images_seen, self.g_stream), loss_scale)
+        latents = self.latents(images_seen, self.g_stream)
+        fake_labels = None if self.label_table is None else self.fake_labels(images_seen, 1)
+        result = self.g_gradients(latents, loss_scale, fake_labels)
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, result)
 
     def run_replicas(self, function, *args):
@@ -185,7 +221,7 @@ class StageStep:
         d_grads, d_sums = self.run_replicas(self.d_replica, next(iterator), images_seen, alpha,
                                             loss_scale)
         d_ok = apply_if_finite(state.d_optimizer, d_grads, self.d_vars, d_sums["loss_d"])
-        update_ema(self.ema_pairs, self.config.training.ema_beta)
+        update_ema(self.ema_pairs, ema_beta(self.config.training, self.stage))
         g_grads, g_loss = self.run_replicas(self.g_replica, images_seen, loss_scale)
         g_ok = apply_if_finite(state.g_optimizer, g_grads, self.g_vars, g_loss)
         self.record(tf.logical_and(d_ok, g_ok), d_sums, g_loss)
@@ -197,7 +233,8 @@ class StageStep:
                                                state.nonfinite_streak + 1))
         state.loss_scale.update(ok)
         self.stats.add({"loss_d": d_sums["loss_d"], "penalty": d_sums["penalty"], "loss_g": g_loss,
-                        "wasserstein": d_sums["real"] - d_sums["fake"]}, ok)
+                        "wasserstein": d_sums["real"] - d_sums["fake"],
+                        "label_penalty": d_sums["labels"]}, ok)
         state.images_seen.assign_add(self.batch)
 
     @tf.function

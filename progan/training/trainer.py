@@ -22,7 +22,8 @@ from progan.training.loop import Trainer, TrainingError, check_batches
 from progan.training.report import Reporter
 from progan.training.schedule import Schedule
 
-__all__ = ["Trainer", "TrainingError", "check_batches", "check_data", "finetune", "resume", "train"]
+__all__ = ["Trainer", "TrainingError", "check_batches", "check_data", "conditional_config",
+           "finetune", "resume", "train"]
 
 
 def check_data(data: Path, config: Config) -> str:
@@ -38,6 +39,19 @@ def check_data(data: Path, config: Config) -> str:
     if info.train_count < 1:
         raise TrainingError(f"--data {data}: the train split is empty")
     return data_fingerprint(data)
+
+
+def conditional_config(config: Config, data: Path) -> Config:
+    """``config`` conditioned on the labels of the data set (`progan train --conditional`)."""
+    from progan.dataset import reader
+
+    labels = reader.read_labels(data, split="train")
+    size = 0 if labels is None else labels.values.shape[1]
+    if size == 0:
+        raise TrainingError(f"--conditional: {data} has no labels (build it with create_celeba "
+                            "--attributes, create_tfds, create_from_images --labels folders or "
+                            "create_synthetic)")
+    return config.replace(**{"model.label_size": int(size), "model.label_kind": labels.kind})
 
 
 def _check_new_run_dir(run: RunDir, flag: str) -> None:
