@@ -80,6 +80,11 @@ def test_generate_interpolate_and_export_take_labels(conditional_run, tmp_path, 
     labels = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
     images = serving(latents=tf.constant(latents), labels=tf.constant(labels))["images"].numpy()
     np.testing.assert_array_equal(images, to_uint8(loaded.model([latents, labels], training=False)))
+    import keras
+
+    portable = keras.saving.load_model(out / "generator.keras")  # built-in layers only
+    np.testing.assert_allclose(portable([latents, labels]), loaded.model([latents, labels]),
+                               atol=1e-5)
 
 
 def test_attribute_agreement_is_recorded_with_chance_and_classifier_accuracy(conditional_run):

@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 
+import numpy as np
 import PIL.Image
 
 from conftest import REPO
@@ -78,6 +79,14 @@ def test_the_readme_main_command_trains(tmp_path):
     assert (run / "metrics.png").exists() and (run / "checkpoints" / "best.json").exists()
 
 
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
+    "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
+    "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard "
+    "Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair "
+    "Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie "
+    "Young").split()
+
 # The thesis walk-through, run as README shows it but small: a 32-image CelebA-like zip instead
 # of the 202,599 photos, the demo's widths at 8x8 for 0.2 kimg instead of celeba64's 448 MB
 # snapshots, a 0.1-kimg fine-tune. Every other word is README's.
@@ -110,21 +119,30 @@ def test_the_readme_thesis_walk_through_runs(tmp_path):
     from dataset_fixtures import make_celeba_like_images
     import zipfile
 
-    block = README.split("## Reproducing the thesis on CelebA")[1].split("```")[1]
-    commands = [line.split("#")[0].strip() for line in block.splitlines()[1:]]
+    # ... then the conditional section's commands on the same data set (its attributes)
+    blocks = [README.split(title)[1].split("```")[1] for title in
+              ("## Reproducing the thesis on CelebA", "## Conditional training on CelebA's attributes")]
+    commands = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()[1:]]
     commands = [c for c in commands if c]
     for old, new in THESIS_SUBSTITUTIONS:
         assert any(old in c for c in commands), f"README no longer shows {old!r}"
         commands = [c.replace(old, new) for c in commands]
+    photos = make_celeba_like_images(tmp_path / "photos", 32, suffix=".jpg")
     with zipfile.ZipFile(tmp_path / "img_align_celeba.zip", "w") as archive:
-        for path in make_celeba_like_images(tmp_path / "photos", 32, suffix=".jpg"):
+        for path in photos:
             archive.write(path, f"img_align_celeba/{os.path.basename(path)}")
+    # CelebA's attribute file beside the zip, as CelebA ships it (random values)
+    values = np.random.default_rng(0).choice([-1, 1], (len(photos), len(CELEBA_ATTRIBUTES)))
+    (tmp_path / "list_attr_celeba.txt").write_text("\n".join(
+        [str(len(photos)), " ".join(CELEBA_ATTRIBUTES)]
+        + [f"{os.path.basename(path)} " + " ".join(f"{v:2d}" for v in row)
+           for path, row in zip(photos, values)]) + "\n")
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(commands)], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert result.stdout.count("ok: ") == len(commands) == 9
+    assert result.stdout.count("ok: ") == len(commands) == 13
     assert "32 images" in result.stdout  # info
     run, tuned = tmp_path / "runs" / "celeba64", tmp_path / "runs" / "celeba64-ft"
     metrics = {json.loads(line)["metric"] for line in (run / "metrics.jsonl").read_text().splitlines()}
@@ -138,6 +156,12 @@ def test_the_readme_thesis_walk_through_runs(tmp_path):
         assert walk.n_frames == 2 * 30 + 1
     assert (tmp_path / "exported" / "saved_model" / "saved_model.pb").exists()
     assert (tmp_path / "exported" / "generator.keras").exists()
+    conditional = tmp_path / "runs" / "celeba64-cond"
+    assert json.loads((conditional / "config.json").read_text())["config"]["model"]["label_size"] == 40
+    assert (tmp_path / "smiling.png").exists() and (tmp_path / "smile.gif").exists()
+    agreement = [json.loads(line) for line in (conditional / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["metric"] == "attributes"]
+    assert len(agreement) == 1 and set(agreement[0]["values"]) == set(CELEBA_ATTRIBUTES)
 
 
 def test_the_readme_tfds_command_runs_on_tfds_mock_data(tmp_path, monkeypatch):

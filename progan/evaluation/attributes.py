@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from progan.backend import keras
+from progan.backend import keras, tf
 
 MAX_TRAIN_IMAGES = 20000
 EPOCHS = 6
@@ -80,10 +80,12 @@ def train_classifier(images, labels, held_images, held_labels, kind: str, seed: 
     loss = (keras.losses.CategoricalCrossentropy(from_logits=True) if kind == "one_hot"
             else keras.losses.BinaryCrossentropy(from_logits=True))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
-    epochs = max(EPOCHS, -(-MIN_STEPS * BATCH // len(images)))
+    steps = max(MIN_STEPS, EPOCHS * -(-len(images) // BATCH))
     log(f"attributes: training the classifier on {len(images)} real images at "
-        f"{images.shape[1]}x{images.shape[1]} ({epochs} epochs)")
-    model.fit(images, labels, batch_size=BATCH, epochs=epochs, verbose=0, shuffle=True)
+        f"{images.shape[1]}x{images.shape[1]} ({steps} steps of {BATCH})")
+    batches = (tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
+               .shuffle(len(images), seed=seed).repeat().batch(BATCH))
+    model.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
     accuracy = agreement(predict(model, held_images, kind), held_labels, kind)
     return model, accuracy
 
