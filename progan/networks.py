@@ -9,7 +9,11 @@ a Keras model per stage that shares them:
     progan.set_alpha(0.25)                                # both networks' fade-in
 
 Levels are log2(resolution): level 2 is the 4x4 block. Generator images are linear (about
-[-1, 1]) float32 NHWC; the discriminator returns one float32 score per image.
+[-1, 1]) float32 NHWC; the discriminator returns one float32 score per image (and, for a
+conditional model, one logit per label).
+
+(Just over 300 lines: the two networks share their per-stage model building and the
+checkpoint naming, which must stay in one place.)
 """
 
 from __future__ import annotations
