@@ -249,3 +249,36 @@ def test_conditional_networks_add_exactly_the_label_parameters():
     # the labels change the images (they reach the first layer)
     other = generator([np.ones((2, 16), np.float32), np.ones((2, 5), np.float32)])
     assert not np.allclose(images, other)
+
+
+def test_under_adam_an_equalized_gain_is_the_layers_learning_rate():
+    """Why the reference's toRGB / D-output gain of 1 fades in slowly at small widths (issue
+    14): Adam's first step moves every raw weight by lr whatever the gradient's scale, and the
+    layer applies weight * gain / sqrt(fan_in), so its output moves gain times as far. Gain 1
+    instead of He's sqrt(2) is a toRGB learning 0.71x as fast as every other layer."""
+    import keras
+
+    from progan.layers import EqualizedConv2D
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 4, 4, 8)).astype(np.float32)
+    target = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+    raw = rng.normal(size=(1, 1, 8, 3)).astype(np.float32)
+    kernel_moves = {}
+    for gain in (1.0, float(np.sqrt(2))):
+        layer = EqualizedConv2D(3, 1, gain=gain, use_bias=False)
+        layer.build(x.shape)
+        layer.kernel.assign(raw)
+        before = layer(x).numpy()
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x) * target)  # linear: the gradient's signs do not depend on the gain
+        gradients = tape.gradient(loss, layer.trainable_weights)
+        keras.optimizers.Adam(1e-3, beta_1=0.0, beta_2=0.99, epsilon=1e-8).apply(
+            gradients, layer.trainable_weights)
+        moved = layer(x).numpy() - before
+        # float64 reference: every raw weight moved by -lr * sign(gradient) (first Adam step)
+        step = -1e-3 * np.sign(gradients[0].numpy().astype(np.float64))[0, 0]
+        np.testing.assert_allclose(moved, gain / np.sqrt(8) * np.einsum("nhwc,cd->nhwd", x, step),
+                                   rtol=2e-3, atol=2e-6)
+        kernel_moves[gain] = np.abs(moved).mean()
+    assert kernel_moves[np.sqrt(2)] / kernel_moves[1.0] == pytest.approx(np.sqrt(2), rel=1e-3)

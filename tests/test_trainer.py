@@ -440,3 +440,27 @@ def test_a_snapshot_from_a_newer_progan_is_an_error_not_damage(tmp_path, finishe
     with pytest.raises(RunError, match="snapshot format 9 is newer than this progan"):
         training.resume(run_dir)
     assert newest.path.is_dir()  # left as it is, for the newer progan
+
+
+@pytest.mark.parametrize("fading", [True, False])
+def test_the_ema_uses_ema_beta_fade_during_fade_ins(tmp_path, tiny_dataset, fading):
+    """One iteration updates ema <- G + (ema - G) * beta between the D and G steps, with
+    beta = ema_beta_fade in a fade-in and ema_beta in a stable phase (issue 14: the demo's
+    short average during fades, longer in stable phases)."""
+    config = tiny(**{"training.ema_beta": 0.75, "training.ema_beta_fade": 0.25})
+    trainer = training.Trainer(config, tiny_dataset, tmp_path / "run")
+    start = trainer.schedule.start_of(8, fading=fading) + (64 if fading else 0)
+    trainer.state.images_seen.assign(start)
+    for ema in trainer.state.ema_variables:
+        ema.assign(tf.zeros_like(ema))
+    generator = [v.numpy() for v in trainer.state.generator_variables]
+    trainer.run_iterations(1)
+    beta = 0.25 if fading else 0.75
+    stage_vars = {id(v) for v in trainer.state.networks.generator(8, fading).trainable_weights}
+    checked = 0
+    for source, before, ema in zip(trainer.state.generator_variables, generator,
+                                   trainer.state.ema_variables):
+        if id(source) in stage_vars:  # G did not move before the EMA update: G's value then
+            np.testing.assert_allclose(ema.numpy(), (1 - beta) * before, rtol=1e-6, atol=1e-7)
+            checked += 1
+    assert checked > 5
