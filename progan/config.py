@@ -140,6 +140,7 @@ class ScheduleConfig:
 
 LABEL_KINDS = ("multi_label", "one_hot")
 LOSSES = ("wgan_gp", "nonsaturating_r1", "least_squares")
+AUGMENT_OPS = ("translation", "cutout", "color")  # progan.training.augment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,9 +157,31 @@ class LossConfig:
     shared_latents: bool = False
     # Weight of the label cross-entropy terms of a conditional model (reference cond_weight).
     cond_weight: float = 1.0
+    # Differentiable augmentation (DiffAugment) of every image D sees, reals and fakes
+    # (`progan.training.augment`): some of translation, cutout, color; () = off. Each op is
+    # applied per sample with probability augment_p, or, with augment_target set, with a p
+    # that starts at 0 and every augment_interval iterations moves by batch x interval /
+    # (augment_speed_kimg x 1000) towards E[sign(D(real))] = augment_target (StyleGAN2-ADA).
+    augment: tuple[str, ...] = ()
+    augment_p: float = 1.0
+    augment_target: float | None = None
+    augment_interval: int = 4
+    augment_speed_kimg: float = 100.0
 
     def validate(self) -> None:
         _require(self.name in LOSSES, "loss.name", "one of " + ", ".join(LOSSES), self.name)
+        _require(isinstance(self.augment, tuple) and all(op in AUGMENT_OPS for op in self.augment)
+                 and len(set(self.augment)) == len(self.augment), "loss.augment",
+                 "distinct names from " + ", ".join(AUGMENT_OPS), self.augment)
+        _require(0 <= self.augment_p <= 1, "loss.augment_p", "a probability in [0, 1]",
+                 self.augment_p)
+        _require(self.augment_target is None or 0 < self.augment_target < 1,
+                 "loss.augment_target", "null (fixed augment_p) or a value in (0, 1)",
+                 self.augment_target)
+        _require(self.augment_interval >= 1, "loss.augment_interval", "a positive integer",
+                 self.augment_interval)
+        _require(self.augment_speed_kimg > 0, "loss.augment_speed_kimg", "a positive number",
+                 self.augment_speed_kimg)
         _require(self.cond_weight >= 0, "loss.cond_weight", "a number >= 0", self.cond_weight)
         _require(self.gp_lambda >= 0 and self.gp_gamma > 0 and self.drift >= 0 and self.r1_gamma >= 0,
                  "loss", "gp_lambda >= 0, gp_gamma > 0, drift >= 0, r1_gamma >= 0",
@@ -174,8 +197,15 @@ class OptimizerConfig:
     epsilon: float = 1e-8
     reset_on_fade_start: bool = True
     reset_on_fade_end: bool = True
+    # Frozen discriminator layers (FreezeD, Mo et al. 2020; StyleGAN2-ADA's freezed): the N
+    # highest-resolution blocks of the current stage, the ones nearest the input, and their
+    # fromRGB layers get no updates (at 32x32 with N=2: d_32_*, d_16_*, from_rgb_32 and
+    # from_rgb_16). 0 = nothing frozen.
+    freeze_d: int = 0
 
     def validate(self) -> None:
+        _require(isinstance(self.freeze_d, int) and self.freeze_d >= 0, "optimizer.freeze_d",
+                 "0 (nothing frozen) or a number of blocks", self.freeze_d)
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optimizer.beta1/beta2",
                  "values in [0, 1)", (self.beta1, self.beta2))
         _require(self.epsilon > 0, "optimizer.epsilon", "a positive number", self.epsilon)
@@ -337,9 +367,10 @@ def _section_from_dict(section_class, data: dict, source: str):
             except (AttributeError, ValueError):
                 raise ConfigError(f"{source}.{key}: expected an object keyed by resolution, "
                                   f"got {value!r}") from None
-        elif key == "metrics":
+        elif key in ("metrics", "augment"):
             _require(isinstance(value, list) and all(isinstance(m, str) for m in value),
-                     f"{source}.{key}", "a list of metric names", value)
+                     f"{source}.{key}", "a list of " + ("metric" if key == "metrics" else "op")
+                     + " names", value)
             value = tuple(value)
         elif default is None:  # optional numbers (schedule.total_kimg)
             _require(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
