@@ -345,6 +345,10 @@ class Trainer:
         stats["eta_hours"] = stats["eta_sec"] / 3600
         if self.config.model.label_size:  # the label cross-entropy of reals + fakes (D side)
             stats["label_penalty"] = means["label_penalty"]
+        if self.config.loss.augment:  # the augmentation strength (and r_t when adaptive)
+            stats["augment_p"] = float(self.state.augment["augment_p"].numpy())
+            if self.config.loss.augment_target is not None:
+                stats["augment_rt"] = float(self.state.augment["augment_rt"].numpy())
         self.reporter.tick(stats)
         if not self._estimated and clock.train_images:
             self._estimated = True

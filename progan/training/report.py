@@ -136,6 +136,7 @@ TENSORBOARD_TAGS = {
     "Progress/kimg": "kimg", "Progress/resolution": "resolution", "Progress/alpha": "alpha",
     "Progress/skipped_steps": "skipped_steps", "Progress/loss_scale": "loss_scale",
     "Progress/learning_rate_G": "g_lr", "Progress/learning_rate_D": "d_lr",
+    "Progress/augment_p": "augment_p", "Progress/augment_rt": "augment_rt",
     "Timing/sec_per_kimg": "sec_per_kimg", "Timing/images_per_sec": "images_per_sec",
     "Timing/sec_per_tick": "sec_per_tick", "Timing/compile_sec": "compile_sec",
     "Timing/maintenance_sec": "maintenance_sec", "Timing/elapsed_hours": "elapsed_hours",
@@ -159,7 +160,9 @@ def format_tick(stats: dict) -> str:
     return (f"tick {stats['tick']:<4d} kimg {stats['kimg']:.1f}/{stats['total_kimg']:g} "
             f"res {stats['resolution']}x{stats['resolution']} {stats['phase']}{alpha}  "
             f"loss D {stats['loss_d']:+.4f} G {stats['loss_g']:+.4f} gp {stats['penalty']:.4f}"
-            + (f" labels {stats['label_penalty']:.3f}" if "label_penalty" in stats else "") + "  "
+            + (f" labels {stats['label_penalty']:.3f}" if "label_penalty" in stats else "")
+            + (f" aug p {stats['augment_p']:.3f}" if "augment_p" in stats else "")
+            + (f" r_t {stats['augment_rt']:.3f}" if "augment_rt" in stats else "") + "  "
             f"sec/kimg {stats['sec_per_kimg']:.2f} img/s {stats['images_per_sec']:.1f} "
             f"compile {stats['compile_sec']:.1f}s maint {stats['maintenance_sec']:.1f}s  "
             f"elapsed {duration(stats['elapsed_sec'])} ETA {duration(stats['eta_sec'])}  "

@@ -8,6 +8,8 @@ A *full* snapshot holds everything a resume needs, keyed by stable names::
     g_optimizer/iterations, g_optimizer/m/<layer>/<weight>, g_optimizer/v/<layer>/<weight>
     d_optimizer/...                        the same for the discriminator's Adam
     counters/<name>                        images seen, optimiser stage, loss scale, ...
+                                           (augment_p, augment_signs, augment_count,
+                                           augment_rt when loss.augment is set)
 
 A *network* snapshot holds only ``ema/...``. Random numbers (latents, mixing factors, data
 order, flips) are pure functions of the seed and images seen, so no RNG state is saved.
@@ -75,13 +77,17 @@ def read_snapshot(snapshot: Snapshot, checkpoints: dict, partial: bool = False) 
     Every variable of that checkpoint must receive a value (and, unless ``partial``, every
     value in the snapshot must find its variable); file sizes are checked against
     ``snapshot.json`` first, and TensorFlow checks each tensor's CRC as it reads. Any
-    failure is one `RunError` naming the snapshot. Returns ``snapshot.json``.
+    failure is one `RunError` naming the snapshot. Returns ``snapshot.json``. A value of
+    ``checkpoints`` may be a function of the snapshot's set of keys returning the checkpoint
+    (counters that older snapshots lack). 
     """
     info = snapshot.verify()
     checkpoint = checkpoints.get(info["format_version"])
     if checkpoint is None:
         raise RunError(f"{snapshot.path}: format {info['format_version']} cannot be read here")
     try:
+        if not isinstance(checkpoint, tf.train.Checkpoint):  # built for the keys it holds
+            checkpoint = checkpoint({name for name, _ in tf.train.list_variables(str(snapshot.prefix))})
         status = checkpoint.read(str(snapshot.prefix))
         status.assert_existing_objects_matched()
         if partial:
@@ -114,6 +120,8 @@ class TrainingState:
         g_optimizer, d_optimizer: Keras Adam optimisers, built for every variable of their net.
         images_seen, optimizer_stage, skipped_steps, nonfinite_streak: int64 counters.
         loss_scale: the fp16 `LossScale` (1 and inert otherwise).
+        augment: float32 ``augment_p``, ``augment_signs``, ``augment_count``, ``augment_rt``
+            (see `augment_defaults`; checkpointed when ``loss.augment`` is set).
         checkpoint, network_checkpoint: the full and the EMA-only `tf.train.Checkpoint`.
         readable_formats: ``{format version: checkpoint}`` that `read_snapshot` takes.
     """
@@ -145,14 +153,43 @@ class TrainingState:
             self.nonfinite_streak = tf.Variable(0, dtype=tf.int64, trainable=False)
             self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
             self.loss_scale = LossScale(enabled=config.training.mixed_precision == "fp16")
+            self.augment = {name: tf.Variable(value, dtype=tf.float32, trainable=False, name=name)
+                            for name, value in self.augment_defaults().items()}
         counters = {"images_seen": self.images_seen, "optimizer_stage": self.optimizer_stage,
                     "loss_scale": self.loss_scale.scale, "finite_streak": self.loss_scale.finite_streak,
                     "nonfinite_streak": self.nonfinite_streak, "skipped_steps": self.skipped_steps}
         parts = (self.networks, self.ema, self.g_optimizer, self.d_optimizer, counters)
-        self.checkpoint = full_checkpoint(*parts)
-        self.readable_formats = {2: self.checkpoint, 1: legacy_checkpoint(*parts)}
+        self._counters = counters
+        # A run with augmentation saves its strength and r_t accumulators too.
+        self.checkpoint = full_checkpoint(*parts[:4], {**counters, **(
+            self.augment if config.loss.augment else {})})
+        self.readable_formats = {2: self._checkpoint_for, 1: legacy_checkpoint(*parts)}
         self.network_checkpoint = network_checkpoint(self.ema)
         self.label_table = None  # a conditional run's training labels (see set_labels)
+
+    def augment_defaults(self) -> dict:
+        """The augmentation counters of a new run: p (0 when adaptive, else augment_p), the
+        sum of E[sign(D(real))] over the iterations since the last update, their count, and
+        the last r_t."""
+        loss = self.config.loss
+        return {"augment_p": 0.0 if loss.augment_target is not None else loss.augment_p,
+                "augment_signs": 0.0, "augment_count": 0.0, "augment_rt": 0.0}
+
+    def reset_augment(self) -> None:
+        for name, value in self.augment_defaults().items():
+            self.augment[name].assign(value)
+
+    def _checkpoint_for(self, keys: set) -> tf.train.Checkpoint:
+        """The full checkpoint with the augmentation counters that a snapshot holds (a run
+        without augmentation, or written before it existed, has none); those it lacks start
+        from `augment_defaults`."""
+        present = {name: variable for name, variable in self.augment.items()
+                   if any(key.startswith(f"counters/{name}/") for key in keys)}
+        defaults = self.augment_defaults()
+        for name in self.augment.keys() - present.keys():
+            self.augment[name].assign(defaults[name])
+        return full_checkpoint(self.networks, self.ema, self.g_optimizer, self.d_optimizer,
+                               {**self._counters, **present})
 
     def set_labels(self, values, strategy) -> None:
         """The label table [N, L] the fakes' labels are drawn from (not checkpointed: it is

@@ -8,14 +8,18 @@ one discriminator step on a global batch of reals, updates the generator's movin
 takes one generator step, and adds its statistics to `StepStats`. Latents and mixing factors
 are stateless random numbers keyed by (seed, images seen), so a resumed run repeats an
 uninterrupted one exactly. A step whose loss or gradients are not finite is not applied.
+(Over 300 lines: one iteration's D step, EMA, G step, augmentation and its adaptive strength
+read in order here, with the random streams they share.)
 """
 
 from __future__ import annotations
 
+import re
+
 from progan.backend import tf
 from progan.layers import downscale2d, upscale2d
 from progan.losses import discriminator_loss, generator_loss
-from progan.training import distribute
+from progan.training import augment, distribute
 
 # What each iteration reports, summed over a tick (and how many iterations were applied).
 STAT_NAMES = ("loss_d", "penalty", "loss_g", "wasserstein", "label_penalty")
@@ -108,6 +112,22 @@ def ema_beta(training, stage) -> float:
     return training.ema_beta
 
 
+def frozen_d_layers(stage, freeze_d: int) -> set:
+    """Names of the discriminator layers FreezeD keeps fixed at ``stage``: the blocks of the
+    ``freeze_d`` highest resolutions (those nearest the input: at 32x32 with 2, d_32_* and
+    d_16_*) and their fromRGB layers (from_rgb_32, from_rgb_16)."""
+    resolutions, resolution = set(), stage.resolution
+    while len(resolutions) < freeze_d and resolution >= 4:
+        resolutions.add(resolution)
+        resolution //= 2
+    return {f"{prefix}_{r}" for r in resolutions for prefix in ("d", "from_rgb")}
+
+
+def _layer_prefix(name: str) -> str:
+    match = re.match(r"(d|from_rgb)_(\d+)", name)
+    return match.group(0) if match else name
+
+
 def update_ema(pairs, beta: float) -> None:
     """ema <- source + (ema - source) * beta for each (ema, source) pair."""
     for ema, source in pairs:
@@ -123,6 +143,9 @@ class StageStep:
     conditional model the rows of the real label table that label the fakes (the first
     half for the discriminator step, the second for the generator step), so the fakes'
     labels follow the data's label distribution, as the reference draws them.
+    With ``loss.augment``, `progan.training.augment` streams 1-3 (a different key) augment
+    the reals, the D step's fakes and the G step's fakes; the WGAN-GP mixes the augmented
+    reals and fakes. ``optimizer.freeze_d`` leaves `frozen_d_layers` out of ``d_vars``.
     """
 
     def __init__(self, state, stage, strategy, stats: StepStats):
@@ -132,7 +155,11 @@ class StageStep:
         self.generator = state.networks.generator(stage.resolution, stage.fading)
         self.discriminator = state.networks.discriminator(stage.resolution, stage.fading)
         self.g_vars = self.generator.trainable_weights
-        self.d_vars = self.discriminator.trainable_weights
+        frozen = frozen_d_layers(stage, self.config.optimizer.freeze_d)
+        frozen_ids = {id(v) for layer, weights in state.networks.named_weights("discriminator").items()
+                      if _layer_prefix(layer) in frozen for v in weights.values()}
+        self.d_vars = [v for v in self.discriminator.trainable_weights if id(v) not in frozen_ids]
+        self.augment_ops = tuple(self.config.loss.augment)
         ema_of = {id(v): e for v, e in zip(state.generator_variables, state.ema_variables)}
         self.ema_pairs = [(ema_of[id(v)], v) for v in self.g_vars]
         self.g_stream = 0 if self.config.loss.shared_latents else 2
@@ -156,16 +183,28 @@ class StageStep:
         rows = distribute.replica_slice(rows[half * self.batch:(half + 1) * self.batch], self.batch)
         return tf.gather(self.label_table, rows)
 
+    def augment_params(self, images_seen, stream: int):
+        """This replica's augmentation random numbers for ``stream`` (None: no augmentation)."""
+        if not self.augment_ops:
+            return None
+        return distribute.replica_slice(
+            augment.draw(self.config.training.seed, images_seen, stream, self.batch), self.batch)
+
+    def augmented(self, images, params, p):
+        return images if params is None else augment.augment(images, params, self.augment_ops, p)
+
     def generate(self, latents, labels):
         inputs = latents if labels is None else [latents, labels]
         return self.generator(inputs, training=True)
 
     def d_gradients(self, reals, latents, mixing, alpha, loss_scale, real_labels=None,
-                    fake_labels=None):
+                    fake_labels=None, augment_params=(None, None), p=None):
         """The discriminator's gradients and its loss terms, both summed over this replica."""
         if self.stage.fading:
             reals = fade_reals(reals, alpha)
         fakes = self.generate(latents, fake_labels)
+        reals = self.augmented(reals, augment_params[0], p)
+        fakes = self.augmented(fakes, augment_params[1], p)
         labels = None if fake_labels is None else (self.label_kind, real_labels, fake_labels)
         with tf.GradientTape() as tape:
             terms = discriminator_loss(self.config.loss, self.discriminator, reals, fakes, mixing,
@@ -176,33 +215,40 @@ class StageStep:
         sums = {name: tf.reduce_sum(terms[key]) / self.batch for name, key in
                 (("loss_d", "loss"), ("penalty", "penalty"), ("real", "real_score"),
                  ("fake", "fake_score"), ("labels", "label_penalty"))}
+        sums["real_sign"] = tf.reduce_sum(tf.sign(tf.cast(terms["real_score"], tf.float32))) / self.batch
         return gradients, sums
 
-    def g_gradients(self, latents, loss_scale, fake_labels=None):
+    def g_gradients(self, latents, loss_scale, fake_labels=None, augment_params=None, p=None):
         labels = None if fake_labels is None else (self.label_kind, fake_labels)
         with tf.GradientTape() as tape:
-            outputs = self.discriminator(self.generate(latents, fake_labels), training=True)
+            fakes = self.augmented(self.generate(latents, fake_labels), augment_params, p)
+            outputs = self.discriminator(fakes, training=True)
             loss = tf.reduce_sum(generator_loss(self.config.loss, outputs, labels)) / self.batch
             scaled = loss * loss_scale
         return unscaled_gradients(tape, scaled, self.g_vars, loss_scale), loss
 
-    def d_replica(self, reals, images_seen, alpha, loss_scale):
+    def d_replica(self, reals, images_seen, alpha, loss_scale, p):
         mixing = distribute.replica_slice(
             stateless_random(self.config.training.seed, images_seen, 1, [self.batch], uniform=True),
             self.batch)
         latents = self.latents(images_seen, 0)
+        extra = {} if not self.augment_ops else {
+            "p": p, "augment_params": (self.augment_params(images_seen, augment.REALS),
+                                       self.augment_params(images_seen, augment.D_FAKES))}
         if self.label_table is None:
-            result = self.d_gradients(reals, latents, mixing, alpha, loss_scale)
+            result = self.d_gradients(reals, latents, mixing, alpha, loss_scale, **extra)
         else:
             images, real_labels = reals
             result = self.d_gradients(images, latents, mixing, alpha, loss_scale, real_labels,
-                                      self.fake_labels(images_seen, 0))
+                                      self.fake_labels(images_seen, 0), **extra)
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, result)
 
-    def g_replica(self, images_seen, loss_scale):
+    def g_replica(self, images_seen, loss_scale, p):
         latents = self.latents(images_seen, self.g_stream)
         fake_labels = None if self.label_table is None else self.fake_labels(images_seen, 1)
-        result = self.g_gradients(latents, loss_scale, fake_labels)
+        extra = {} if not self.augment_ops else {
+            "p": p, "augment_params": self.augment_params(images_seen, augment.G_FAKES)}
+        result = self.g_gradients(latents, loss_scale, fake_labels, **extra)
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, result)
 
     def run_replicas(self, function, *args):
@@ -218,13 +264,38 @@ class StageStep:
         state.networks.generator_fade.alpha.assign(alpha)
         state.networks.discriminator_fade.alpha.assign(alpha)
         loss_scale = state.loss_scale.scale.read_value()
+        p = state.augment["augment_p"].read_value()
         d_grads, d_sums = self.run_replicas(self.d_replica, next(iterator), images_seen, alpha,
-                                            loss_scale)
-        d_ok = apply_if_finite(state.d_optimizer, d_grads, self.d_vars, d_sums["loss_d"])
+                                            loss_scale, p)
+        if self.d_vars:
+            d_ok = apply_if_finite(state.d_optimizer, d_grads, self.d_vars, d_sums["loss_d"])
+        else:  # FreezeD froze every block of this stage
+            d_ok = tf.math.is_finite(d_sums["loss_d"])
+        self.adapt_augment(d_sums["real_sign"])
         update_ema(self.ema_pairs, ema_beta(self.config.training, self.stage))
-        g_grads, g_loss = self.run_replicas(self.g_replica, images_seen, loss_scale)
+        g_grads, g_loss = self.run_replicas(self.g_replica, images_seen, loss_scale, p)
         g_ok = apply_if_finite(state.g_optimizer, g_grads, self.g_vars, g_loss)
         self.record(tf.logical_and(d_ok, g_ok), d_sums, g_loss)
+
+    def adapt_augment(self, real_sign) -> None:
+        """Adaptive strength: accumulate E[sign(D(real))] of this iteration; every
+        ``augment_interval`` iterations move p by sign(r_t - target) x batch x interval /
+        (augment_speed_kimg x 1000), clipped to [0, 1] (StyleGAN2-ADA)."""
+        loss = self.config.loss
+        if not self.augment_ops or loss.augment_target is None:
+            return
+        counters = self.state.augment
+        signs = counters["augment_signs"].read_value() + tf.where(
+            tf.math.is_finite(real_sign), real_sign, 0.0)
+        count = counters["augment_count"].read_value() + 1.0
+        due = count >= loss.augment_interval
+        step = self.batch * loss.augment_interval / (loss.augment_speed_kimg * 1000.0)
+        new_p, r_t = augment.adapt(counters["augment_p"].read_value(), signs, count,
+                                   loss.augment_target, step)
+        counters["augment_p"].assign(tf.where(due, new_p, counters["augment_p"]))
+        counters["augment_rt"].assign(tf.where(due, r_t, counters["augment_rt"]))
+        counters["augment_signs"].assign(tf.where(due, 0.0, signs))
+        counters["augment_count"].assign(tf.where(due, 0.0, count))
 
     def record(self, ok, d_sums, g_loss) -> None:
         state = self.state
