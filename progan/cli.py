@@ -1,4 +1,7 @@
-"""`progan` command line: sub-commands that only parse arguments and call the package."""
+"""`progan` command line: sub-commands that only parse arguments and call the package.
+
+(Over 300 lines: the training sub-commands share the override flags defined here.)
+"""
 
 from __future__ import annotations
 
@@ -61,6 +64,9 @@ OVERRIDES = {
     "--total-kimg": ("schedule.total_kimg", float),
     "--batch": ("schedule.batch_size", int),
     "--loss": ("loss.name", str),
+    "--augment-p": ("loss.augment_p", float),
+    "--augment-target": ("loss.augment_target", float),
+    "--freeze-d": ("optimizer.freeze_d", int),
     "--seed": ("training.seed", int),
     "--tick-kimg": ("training.tick_kimg", float),
     "--snapshot-kimg": ("training.snapshot_kimg", float),
@@ -91,9 +97,27 @@ def _add_overrides(parser, default_help: str):
                        help="jit-compile the train steps with XLA")
     group.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                        help="deterministic ops (bitwise-exact resume on the CPU)")
+    _add_augment(group)
     group.add_argument("--metrics", default=None,
                        help="sets training.metrics: evaluated during training, e.g. swd or "
                             "swd,msssim (the first is the run's primary metric)")
+
+
+def _add_augment(group):
+    from progan.config import AUGMENT_OPS
+
+    group.add_argument("--augment", default=None, metavar="OPS",
+                       help="sets loss.augment: differentiable augmentation of every image the "
+                            f"discriminator sees, comma-separated from {','.join(AUGMENT_OPS)} "
+                            "('' turns it off); with --augment-p P (default 1) or an adaptive "
+                            "p with --augment-target, e.g. 0.6")
+
+
+def _augment_overrides(args) -> dict:
+    """The dotted settings of --augment (a comma-separated list)."""
+    if args.augment is None:
+        return {}
+    return {"loss.augment": [op for op in args.augment.split(",") if op]}
 
 
 def config_from_args(args, default: str):
@@ -112,6 +136,7 @@ def config_from_args(args, default: str):
             overrides[f"training.{name}"] = getattr(args, name)
     if args.metrics is not None:
         overrides["training.metrics"] = [m for m in args.metrics.split(",") if m]
+    overrides.update(_augment_overrides(args))
     return config.replace(**overrides) if overrides else config
 
 
@@ -194,14 +219,29 @@ def _add_finetune(subparsers):
     parser.add_argument("--out", type=Path, required=True, help="new run directory")
     parser.add_argument("--reset-optimizer", action="store_true",
                         help="start with fresh Adam states instead of the snapshot's")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="fine-tune on another prepared data set with the same channels and "
+                             "the levels from the snapshot's resolution on (default: the run's)")
+    group = parser.add_argument_group("settings of the new run (default: the source run's)")
+    for flag in FINETUNE_OVERRIDES:
+        group.add_argument(flag, type=OVERRIDES[flag][1], default=None,
+                           help=f"sets {OVERRIDES[flag][0]}")
+    _add_augment(group)
     parser.set_defaults(run=_run_finetune)
+
+
+FINETUNE_OVERRIDES = ("--augment-p", "--augment-target", "--freeze-d")
 
 
 def _run_finetune(args, parser):
     from progan.training import trainer
 
+    overrides = {OVERRIDES[flag][0]: getattr(args, flag[2:].replace("-", "_"))
+                 for flag in FINETUNE_OVERRIDES
+                 if getattr(args, flag[2:].replace("-", "_")) is not None}
+    overrides.update(_augment_overrides(args))
     result = trainer.finetune(args.run_dir, args.out, args.snapshot, args.lr_scale, args.kimg,
-                              args.reset_optimizer)
+                              args.reset_optimizer, data=args.data, overrides=overrides or None)
     _print_result(result, args.out)
 
 

@@ -141,10 +141,45 @@ def _train(config: Config, data: Path, run: RunDir, strategy) -> dict:
     return trainer.train()
 
 
+def check_finetune_data(data: Path, config: Config, start: int) -> str:
+    """A data set to fine-tune on from images seen ``start``: the model's channel count and
+    every level the stages from there to the end of the (fine-tuning) schedule train on; its
+    maximum resolution may be lower than the model's. Returns its fingerprint."""
+    from progan.dataset.reader import open_dataset
+
+    info = open_dataset(data)
+    channels = (info.manifest or {}).get("channels", 3)
+    if channels != config.model.num_channels:
+        raise TrainingError(f"--data {data}: has {channels}-channel images, expected "
+                            f"{config.model.num_channels} (the model's num_channels)")
+    schedule = Schedule(config.schedule, config.model.max_resolution)
+    stage = schedule.stage_at(start)
+    needed = sorted({s.resolution for s in schedule.stages() if s.end_images > start})
+    missing = [r for r in needed if r not in info.level_files]
+    if missing:
+        largest = max(info.level_files, default=0)
+        raise TrainingError(
+            f"--data {data}: has no {missing[0]}x{missing[0]} level (largest {largest}x{largest}); "
+            f"the snapshot trains at {stage.resolution}x{stage.resolution} and the fine-tuning "
+            f"schedule reaches {needed[-1]}x{needed[-1]}, so expected levels "
+            + ", ".join(str(r) for r in needed))
+    if info.train_count < 1:
+        raise TrainingError(f"--data {data}: the train split is empty")
+    return data_fingerprint(data)
+
+
 def finetune(run_dir: Path, out: Path, snapshot: str = "latest", lr_scale: float = 0.8,
-             kimg: float = 100.0, reset_optimizer: bool = False, strategy=None) -> dict:
+             kimg: float = 100.0, reset_optimizer: bool = False, strategy=None,
+             data: Path | None = None, overrides: dict | None = None) -> dict:
     """Continue from a full snapshot's state at ``lr_scale`` times the learning rates for
-    ``kimg`` more kimg, in a new run directory whose config.json records where it came from."""
+    ``kimg`` more kimg, in a new run directory whose config.json records where it came from.
+
+    ``data``: fine-tune on another data set (the same channels, and the levels from the
+    snapshot's resolution to where the fine-tuning schedule ends; its maximum resolution may
+    be lower than the model's). ``overrides``: dotted settings for the new run (e.g.
+    ``{"loss.augment": ["translation"], "optimizer.freeze_d": 2}``). With either, the
+    augmentation strength and its r_t accumulators start afresh (`TrainingState.reset_augment`).
+    """
     source = RunDir(run_dir)
     info = source.read()
     target = RunDir(out)
@@ -161,21 +196,31 @@ def finetune(run_dir: Path, out: Path, snapshot: str = "latest", lr_scale: float
         lr_by_resolution={r: lr * lr_scale for r, lr in base.schedule.lr_by_resolution.items()},
         total_kimg=start / 1000 + kimg)
     config = dataclasses.replace(base, schedule=schedule)
+    if overrides:
+        config = config.replace(**overrides)
     strategy = strategy or distribute.make_strategy(config.training.strategy)
     check_batches(config, strategy)
-    if not info.data.is_dir():
-        raise TrainingError(f"{source.config_file}: its data set {info.data} is gone")
-    fingerprint = check_data(info.data, config)
     origin = {"run": str(source.path.resolve()), "images_seen": start, "kimg": start / 1000,
               "snapshot": snapshot, "lr_scale": lr_scale, "reset_optimizer": reset_optimizer,
               "data_fingerprint": info.data_fingerprint}
+    if data is None:
+        if not info.data.is_dir():
+            raise TrainingError(f"{source.config_file}: its data set {info.data} is gone")
+        data, fingerprint = info.data, check_data(info.data, config)
+    else:
+        data = Path(data).resolve()
+        fingerprint = check_finetune_data(data, config, start)
+        origin.update({"source_data": str(info.data), "new_data": str(data),
+                       "new_data_fingerprint": fingerprint})
     with target.lock("progan finetune"):
-        target.write(RunInfo(config, info.data, fingerprint, origin))
-        trainer = Trainer(config, info.data, target, strategy)
+        target.write(RunInfo(config, data, fingerprint, origin))
+        trainer = Trainer(config, data, target, strategy)
         trainer.restore(start, run=source)
         trainer.state.optimizer_stage.assign(trainer.schedule.stage_at(start).index)
         if reset_optimizer:
             trainer.state.reset_optimizers()
+        if data != info.data or overrides:
+            trainer.state.reset_augment()
         trainer.reporter.log(f"fine-tuning {source.path} from kimg {start / 1000:.1f} at "
                              f"{lr_scale:g} x the learning rates for {kimg:g} kimg")
         return trainer.train()
