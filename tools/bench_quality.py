@@ -60,6 +60,8 @@ def parse_args(argv=None):
     parser.add_argument("--num-images", type=int, default=4096)
     parser.add_argument("--eval-seed", type=int, default=0,
                         help="SWD sampling (and, with the 0.1 CLI, the latents), the same for every run")
+    parser.add_argument("--score-kimg", default=None,
+                        help="score only these phase ends, e.g. 140 (default: every one)")
     parser.add_argument("--keep-runs", action="store_true")
     parser.add_argument("--compare", nargs="+", type=Path, default=None,
                         help="only plot/tabulate these saved JSON records")
@@ -124,6 +126,9 @@ def score_run(run: Path, data: Path, args, config) -> dict:
 
     schedule = Schedule(config.schedule, config.model.max_resolution)
     kimgs = scored_kimgs(config)
+    if args.score_kimg:
+        wanted = {float(k) for k in args.score_kimg.split(",")}
+        kimgs = [kimg for kimg in kimgs if kimg in wanted]
     metrics_file = run / "metrics.jsonl"
     if metrics_file.exists():
         metrics_file.unlink()
