@@ -116,8 +116,8 @@ def distribute_global_batches(strategy: tf.distribute.Strategy, make_dataset, gl
         # order (k, j) of sample k*replicas + p*local + j: local replica j takes j, j + local, ...
 
         def by_replica(tensor):
-            tensor = tf.reshape(tensor, [per_replica, local, *tensor.shape[1:]])
-            return tf.transpose(tensor, [1, 0, *range(2, tensor.shape.rank + 1)])
+            split = tf.reshape(tensor, [per_replica, local, *tensor.shape[1:]])
+            return tf.transpose(split, [1, 0, *range(2, tensor.shape.rank + 1)])
 
         def slices(*share):  # images, or (images, labels) for a conditional run
             parts = tuple(by_replica(tensor) for tensor in share)

@@ -112,7 +112,8 @@ class Trainer:
 
     def _load_labels(self):
         """A conditional run's training labels: from the data set, checked against the
-        config, kept in the state (the fakes' labels are drawn from them) and in RUN."""
+        config, kept in the state (the fakes' labels are drawn from them); `train` also
+        writes them to RUN/labels.npz."""
         from progan.dataset import reader
 
         labels = reader.read_labels(self.data, split="train")
@@ -122,8 +123,6 @@ class Trainer:
                 f"{self.data}: {labels.values.shape[1]} {labels.kind} labels, but the config is "
                 f"conditional on {model.label_size} {model.label_kind} labels")
         self.state.set_labels(labels.values, self.strategy)
-        if self.chief:
-            self.run.write_labels(labels)
         return labels
 
     # -- compiled steps and data -------------------------------------------------------------
@@ -234,6 +233,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._summarise()
         self._save_reals()
+        if self.labels is not None and self.chief:
+            self.run.write_labels(self.labels)  # generate/evaluate/export need no data set
         previous_handlers = self._install_signal_handlers()
         try:
             # A new run snapshots its untrained networks first (kimg 0 in every curve).
