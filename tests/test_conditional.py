@@ -105,11 +105,13 @@ def test_attributes_metric_on_an_unconditional_run_is_one_line(tmp_path, tiny_da
     from progan.errors import ProganError
     from progan.evaluation.run import SnapshotEvaluator
 
-    run = tmp_path / "plain"
-    training.train(Config.from_dict(TINY_CONFIG).replace(**{"schedule.total_kimg": 0.1}),
-                   tiny_dataset, run)
+    from progan.run import RunInfo, data_fingerprint
+
+    run = RunDir(tmp_path / "plain")  # an unconditional run's config.json is all it takes
+    run.path.mkdir()
+    run.write(RunInfo(Config.from_dict(TINY_CONFIG), tiny_dataset, data_fingerprint(tiny_dataset)))
     with pytest.raises(ProganError, match="not a conditional run"):
-        SnapshotEvaluator(run, metrics=("attributes",), num_images=16)
+        SnapshotEvaluator(run.path, metrics=("attributes",), num_images=16)
 
 
 def test_a_short_conditional_run_draws_the_requested_attribute(tmp_path, tiny_dataset):
