@@ -106,24 +106,36 @@ def _weights(trainer):
             + trainer.state.ema_variables]
 
 
-@pytest.mark.parametrize("conditional", [False, True])
-def test_mirrored_iteration_equals_one_device(tmp_path, tiny_dataset, conditional):
+def test_labelled_batches_split_over_replicas_like_the_images():
+    """Replica r of R takes samples r, r + R, ... of every global batch: of the images and,
+    for a conditional run, of their labels alike (distribute_global_batches)."""
+    from progan.training.distribute import distribute_global_batches
+
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    images = np.arange(8 * 2 * 2 * 3, dtype=np.float32).reshape(8, 2, 2, 3)
+    labels = np.arange(8 * 5, dtype=np.float32).reshape(8, 5)
+
+    def make_dataset(shard_index=0, shard_count=1, shard_block=1):
+        return tf.data.Dataset.from_tensors((images, labels)).repeat()
+
+    batch_images, batch_labels = next(iter(distribute_global_batches(strategy, make_dataset, 8)))
+    for replica, (x, y) in enumerate(zip(strategy.experimental_local_results(batch_images),
+                                         strategy.experimental_local_results(batch_labels))):
+        np.testing.assert_array_equal(x.numpy(), images[replica::2])
+        np.testing.assert_array_equal(y.numpy(), labels[replica::2])
+
+
+def test_mirrored_iteration_equals_one_device(tmp_path, tiny_dataset):
     # Adam's first step is lr * g / (|g| + eps): with eps = 1e-8 a gradient element that cancels
     # to ~1e-7 flips sign on float rounding and moves by 2 lr. eps = 1e-3 keeps the update a
     # smooth function of the gradient, so the comparison tests the distribution (same latents,
     # same mixing factors, gradients averaged over the global batch, applied once), not rounding.
     config = tiny(**{"schedule.batch_size": 8, "optimizer.epsilon": 1e-3})
-    if conditional:  # (images, labels) batches split over replicas like the images alone
-        config = training.conditional_config(config, tiny_dataset)
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     assert len(devices) == 2
     results = []
-    # A second MirroredStrategy in one process reuses the first one's collective instance keys
-    # with other tensor sizes (TensorFlow aborts: "Shape mismatch in the collective"); the
-    # conditional case reduces through one device instead (the distribution is the same).
-    cross = tf.distribute.ReductionToOneDevice() if conditional else None
-    for strategy in (tf.distribute.OneDeviceStrategy(devices[0]),
-                     tf.distribute.MirroredStrategy(devices, cross_device_ops=cross)):
+    for strategy in (tf.distribute.OneDeviceStrategy(devices[0]), tf.distribute.MirroredStrategy(devices)):
         trainer = training.Trainer(config, tiny_dataset, tmp_path / type(strategy).__name__, strategy)
         before = _weights(trainer)
         trainer.state.images_seen.assign(trainer.schedule.start_of(8, fading=True) + 64)  # mid-fade
