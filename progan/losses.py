@@ -26,10 +26,6 @@ def _split(outputs):
     return outputs[:, 0], outputs[:, 1:]
 
 
-def _scores(discriminator, images, training=True):
-    return _split(discriminator(images, training=training))[0]
-
-
 def label_penalty(kind: str, labels, logits):
     """Per-sample cross-entropy of the label logits (reference AC-GAN term): softmax for
     one-hot classes, the sum of sigmoid cross-entropies (the negative log-likelihood of the
@@ -50,10 +46,10 @@ def _input_gradient_norm_squared(discriminator, images, gradient_scale=1.0):
     images = tf.cast(images, tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(images)
-        scores = _scores(discriminator, images)
-        objective = tf.reduce_sum(scores) * gradient_scale
+        outputs = discriminator(images, training=True)
+        objective = tf.reduce_sum(_split(outputs)[0]) * gradient_scale
     gradients = tf.cast(tape.gradient(objective, images), tf.float32) / gradient_scale
-    return tf.reduce_sum(tf.square(gradients), axis=[1, 2, 3]), scores
+    return tf.reduce_sum(tf.square(gradients), axis=[1, 2, 3]), outputs
 
 
 def discriminator_loss(config: LossConfig, discriminator, reals, fakes, mixing=None,
@@ -73,11 +69,15 @@ def discriminator_loss(config: LossConfig, discriminator, reals, fakes, mixing=N
         dict of ``[N]`` tensors: ``loss``, ``real_score``, ``fake_score``, ``penalty`` and
         ``label_penalty`` (0 when unconditional).
     """
-    real_outputs = discriminator(reals, training=True)
+    r1_norm_squared = None
+    if config.name == "nonsaturating_r1":  # one forward pass on the reals serves R1 and the scores
+        r1_norm_squared, real_outputs = _input_gradient_norm_squared(discriminator, reals, gradient_scale)
+    else:
+        real_outputs = discriminator(reals, training=True)
     fake_outputs = discriminator(fakes, training=True)
     (real_scores, real_logits), (fake_scores, fake_logits) = _split(real_outputs), _split(fake_outputs)
     terms = _adversarial_terms(config, discriminator, reals, fakes, real_scores, fake_scores,
-                               mixing, gradient_scale)
+                               mixing, gradient_scale, r1_norm_squared)
     terms["label_penalty"] = tf.zeros_like(real_scores)
     if labels is not None:
         kind, real_labels, fake_labels = labels
@@ -88,7 +88,7 @@ def discriminator_loss(config: LossConfig, discriminator, reals, fakes, mixing=N
 
 
 def _adversarial_terms(config, discriminator, reals, fakes, real_scores, fake_scores, mixing,
-                       gradient_scale):
+                       gradient_scale, r1_norm_squared=None):
     if config.name == "wgan_gp":
         reals32, fakes32 = tf.cast(reals, tf.float32), tf.cast(fakes, tf.float32)
         mixing = tf.reshape(tf.cast(mixing, tf.float32), [-1, 1, 1, 1])
@@ -99,7 +99,7 @@ def _adversarial_terms(config, discriminator, reals, fakes, real_scores, fake_sc
         loss = (fake_scores - real_scores + config.gp_lambda * penalty
                 + config.drift * tf.square(real_scores))
     elif config.name == "nonsaturating_r1":
-        penalty, _ = _input_gradient_norm_squared(discriminator, reals, gradient_scale)
+        penalty = r1_norm_squared
         loss = (tf.nn.softplus(fake_scores) + tf.nn.softplus(-real_scores)
                 + config.r1_gamma * 0.5 * penalty)
     elif config.name == "least_squares":
