@@ -116,6 +116,8 @@ class ScheduleConfig:
     d_lr: float = 0.001
     # Per-resolution learning rate for both networks, overriding g_lr/d_lr.
     lr_by_resolution: dict[int, float] = dataclasses.field(default_factory=dict)
+    # Both learning rates are multiplied by this during fade-ins (1: the reference).
+    fade_lr_scale: float = 1.0
 
     def validate(self) -> None:
         _require(is_power_of_two(self.start_resolution) and self.start_resolution >= 4,
@@ -133,6 +135,8 @@ class ScheduleConfig:
         for name in ("g_lr", "d_lr"):
             _require(getattr(self, name) > 0, f"schedule.{name}", "a positive number",
                      getattr(self, name))
+        _require(self.fade_lr_scale > 0, "schedule.fade_lr_scale", "a positive number",
+                 self.fade_lr_scale)
         for resolution, lr in self.lr_by_resolution.items():
             _require(is_power_of_two(resolution) and lr > 0, f"schedule.lr_by_resolution[{resolution}]",
                      "a positive number at a power-of-two resolution", lr)

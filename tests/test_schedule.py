@@ -74,6 +74,17 @@ def test_batch_and_learning_rate_tables_apply_during_the_fade():
     assert (stable8.batch_size, stable8.g_lr, stable8.d_lr) == (16, 0.002, 0.003)
 
 
+def test_fade_lr_scale_applies_to_fade_ins_only():
+    config = ScheduleConfig(stable_kimg=1, fade_kimg=1, g_lr=0.002, d_lr=0.003,
+                            lr_by_resolution={16: 0.004}, fade_lr_scale=0.5)
+    schedule = Schedule(config, max_resolution=16)
+    rates = {(stage.resolution, stage.fading): (stage.g_lr, stage.d_lr) for stage in schedule.stages()}
+    assert rates == {(4, False): (0.002, 0.003), (8, True): (0.001, 0.0015), (8, False): (0.002, 0.003),
+                     (16, True): (0.002, 0.002), (16, False): (0.004, 0.004)}
+    with pytest.raises(ValueError, match="schedule.fade_lr_scale"):
+        ScheduleConfig(fade_lr_scale=0).validate()
+
+
 def test_total_kimg_truncates_or_extends_the_last_stage():
     short = Schedule(ScheduleConfig(stable_kimg=10, fade_kimg=10, total_kimg=15), max_resolution=64)
     assert short.total_images == 15_000

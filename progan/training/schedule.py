@@ -3,7 +3,7 @@
 The reference semantics: training starts at ``start_resolution`` in a stable phase of
 ``stable_kimg``; then each higher resolution fades in over ``fade_kimg`` (alpha ramps
 linearly from 0 to 1 with images shown) and trains stable for ``stable_kimg``. During a
-fade the new resolution's batch size and learning rates apply. The last resolution stays
+fade the new resolution's batch size and learning rates apply (times ``fade_lr_scale``). The last resolution stays
 stable until ``total_kimg`` (default: the end of its stable phase).
 
     schedule = Schedule(ScheduleConfig(stable_kimg=800, fade_kimg=800), max_resolution=64)
@@ -119,6 +119,8 @@ class Schedule:
         resolution, fading, start, end = self._spans[index]
         alpha = min(max((images_seen - start) / (end - start), 0.0), 1.0) if fading else 1.0
         g_lr, d_lr = self.learning_rates(resolution)
+        if fading:
+            g_lr, d_lr = g_lr * self.config.fade_lr_scale, d_lr * self.config.fade_lr_scale
         return Stage(index=index, resolution=resolution, fading=fading, start_images=start,
                      end_images=end, alpha=alpha, batch_size=self.batch_size(resolution),
                      g_lr=g_lr, d_lr=d_lr)
