@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import TINY_CONFIG
+from run_fixtures import tiny_run  # noqa: F401  (fixture)
 
 from progan.config import Config
 from progan.run import RunDir, RunError
@@ -148,11 +149,10 @@ def test_frozen_discriminator_layers_do_not_change(tmp_path, tiny_dataset):
     assert {key for key in before if key.startswith("d_4_")} <= changed
 
 
-def test_finetune_onto_another_data_set(tmp_path, tiny_dataset):
+def test_finetune_onto_another_data_set(tmp_path, tiny_run):
     from progan.dataset.synthetic import ensure_synthetic
 
-    source = tmp_path / "source"
-    training.train(tiny(**{"schedule.total_kimg": 0.1}), tiny_dataset, source)
+    source = tiny_run  # its snapshot at kimg 0.104 (4x4 stable) is the start
     other = ensure_synthetic(tmp_path / "other", num_images=64, resolution=8, seed=1,
                              workers=1, progress=False)
     small = ensure_synthetic(tmp_path / "small", num_images=64, resolution=4, seed=1,
@@ -163,12 +163,12 @@ def test_finetune_onto_another_data_set(tmp_path, tiny_dataset):
     (gray / "dataset.json").write_text(json.dumps({**manifest, "channels": 1}))
     for data, kimg, message in ((small, 0.2, "has no 8x8 level"), (gray, 0.05, "1-channel")):
         with pytest.raises(RunError, match=message) as error:
-            training.finetune(source, tmp_path / "refused", kimg=kimg, data=data)
+            training.finetune(source, tmp_path / "refused", snapshot="0.104", kimg=kimg, data=data)
         assert "\n" not in str(error.value) and "--data" in str(error.value)
     assert not (tmp_path / "refused").exists()
     from progan.cli import main as progan  # the command line, in this process (TF loads once)
 
-    assert progan(["finetune", str(source), "--data", str(other), "--kimg", "0.05", "--out",
+    assert progan(["finetune", str(source), "--snapshot", "0.104", "--data", str(other), "--kimg", "0.05", "--out",
                    str(tmp_path / "tuned"), "--augment", "translation,color", "--freeze-d", "1"]) == 0
     info = RunDir(tmp_path / "tuned").read()
     source_info = RunDir(source).read()
@@ -179,5 +179,5 @@ def test_finetune_onto_another_data_set(tmp_path, tiny_dataset):
     stats = [json.loads(line) for line in (tmp_path / "tuned" / "stats.jsonl").read_text().splitlines()]
     assert stats[-1]["images_seen"] >= 154 and stats[-1]["augment_p"] == 1.0
     # a data set with a lower maximum resolution is fine while the schedule stays below it
-    training.finetune(source, tmp_path / "tuned4", kimg=0.02, data=small)
+    training.finetune(source, tmp_path / "tuned4", snapshot="0.104", kimg=0.02, data=small)
     assert RunDir(tmp_path / "tuned4").read().origin["new_data"] == str(small.resolve())

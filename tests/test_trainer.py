@@ -46,13 +46,17 @@ def _wait_for_new_snapshot(process, run_dir, after, limit=120):
     return False
 
 
-def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_dataset, tiny_config_file):
+def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_dataset, tiny_config_file, request):
     """SIGKILL at an arbitrary moment, then SIGTERM, each followed by `progan resume`."""
     common = ["--config", tiny_config_file, "--data", tiny_dataset, "--deterministic",
               "--stable-kimg", "0.4", "--fade-kimg", "0.4"]
     straight = tmp_path / "straight"
-    result = run_progan("train", *common, "--out", straight)
-    assert result.returncode == 0, result.stderr[-2000:]
+    # The uninterrupted run goes alongside (--deterministic: the load changes no bit of it).
+    straight_log = (tmp_path / "straight.log").open("w")
+    straight_process = subprocess.Popen([sys.executable, "-m", "progan", "train", *map(str, common),
+                                         "--out", str(straight)], cwd=REPO, stdout=straight_log,
+                                        stderr=subprocess.STDOUT)
+    request.addfinalizer(lambda: straight_process.poll() is None and straight_process.kill())
 
     interrupted = tmp_path / "interrupted"
     rng = random.Random(7)
@@ -80,6 +84,9 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_dataset, tin
     assert "done: kimg" not in sigterm_output
     result = run_progan("resume", interrupted)
     assert result.returncode == 0, result.stderr[-2000:]
+    straight_process.wait(timeout=300)
+    straight_log.close()
+    assert straight_process.returncode == 0, (tmp_path / "straight.log").read_text()[-2000:]
 
     seen_straight, straight_arrays = snapshot_arrays(straight)
     seen_interrupted, interrupted_arrays = snapshot_arrays(interrupted)
