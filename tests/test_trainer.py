@@ -339,17 +339,24 @@ def test_a_second_trainer_on_the_same_run_fails_at_once(tmp_path, tiny_dataset, 
     command = [sys.executable, "-m", "progan", "train", "--config", str(tiny_config_file), "--data",
                str(tiny_dataset), "--out", str(run_dir), "--stable-kimg", "0.6", "--fade-kimg", "0.6"]
     first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seconds = []
     try:
         assert _wait_for_new_snapshot(first, run_dir, -1), "the first trainer never snapshotted"
-        for second_command in (command, [sys.executable, "-m", "progan", "resume", str(run_dir)]):
-            second = subprocess.run(second_command, cwd=REPO, capture_output=True, text=True, timeout=120)
+        seconds += [subprocess.Popen(second_command, cwd=REPO, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)  # both at once
+                   for second_command in (command, [sys.executable, "-m", "progan", "resume", str(run_dir)])]
+        for second in seconds:
+            error = second.communicate(timeout=120)[1].strip().splitlines()[-1]
             assert second.returncode == 2
-            error = second.stderr.strip().splitlines()[-1]
             assert f"in use by PID {first.pid} on " in error and error.startswith("progan ")
-        first.send_signal(signal.SIGTERM)  # the first is unharmed: it stops cleanly on request
+        deadline = time.time() + 120  # the first is unharmed: it goes on to log a tick ...
+        while not (run_dir / "stats.jsonl").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        first.send_signal(signal.SIGTERM)  # ... and stops cleanly on request
         out, err = first.communicate(timeout=300)
     finally:
-        first.kill()
+        for process in (first, *seconds):
+            process.kill()
     assert first.returncode == 0, err[-2000:]
     log = (run_dir / "log.txt").read_text()
     assert log.count("training ") == 1
