@@ -56,22 +56,20 @@ def test_every_progan_command_in_the_readme_parses():
 
 
 def test_the_readme_main_command_trains(tmp_path):
-    """`progan train` as README shows it, cut short with --total-kimg to fit the test budget."""
+    """`progan train` as README shows it, cut short with --total-kimg to fit the test budget,
+    then the evaluation README shows next, word for word (one interpreter: see DRIVER)."""
+    evaluate = next(c for c in bash_commands() if c.startswith("progan evaluate runs/demo"))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-m", "progan", "train", "--total-kimg", "0.3"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(["progan train --total-kimg 0.3",
+                                                                       evaluate])],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "built-in demo" in result.stdout
     assert (tmp_path / "tfrecords" / "synthetic" / "dataset.json").exists()
     run = tmp_path / "runs" / "demo"
     assert (run / "config.json").exists() and (run / "curves.png").exists()
     assert "done: kimg 0.3" in (run / "log.txt").read_text()
 
-    # ... and the evaluation README shows next, word for word
-    evaluate = next(c for c in bash_commands() if c.startswith("progan evaluate runs/demo"))
-    result = subprocess.run([sys.executable, "-m", *shlex.split(evaluate)], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     kimgs = [r["kimg"] for r in records]  # the snapshot at kimg 0 and the final one
     assert len(kimgs) == 2 and kimgs[0] == 0.0 and 0.3 <= kimgs[1] < 0.35
