@@ -55,15 +55,33 @@ def test_every_progan_command_in_the_readme_parses():
     assert workflow <= shown, workflow - shown
 
 
+# The transfer section, run on the demo run: a folder of 24 photo-like images for the
+# user's portraits, a 0.05-kimg fine-tune. Every other word is README's.
+TRANSFER_SUBSTITUTIONS = (("~/data/portraits", "portraits"), ("--kimg 20", "--kimg 0.05"))
+
+
 def test_the_readme_main_command_trains(tmp_path):
     """`progan train` as README shows it, cut short with --total-kimg to fit the test budget,
-    then the evaluation README shows next, word for word (one interpreter: see DRIVER)."""
+    then the evaluation README shows next and the transfer section's commands, word for word
+    (one interpreter: see DRIVER)."""
+    from dataset_fixtures import make_celeba_like_images
+
     evaluate = next(c for c in bash_commands() if c.startswith("progan evaluate runs/demo"))
+    block = README.split("## Transfer to a small data set")[1].split("```")[1]
+    transfer = [line.strip() for line in block.splitlines()[1:] if line.strip()]
+    for old, new in TRANSFER_SUBSTITUTIONS:
+        assert any(old in c for c in transfer), f"README no longer shows {old!r}"
+        transfer = [c.replace(old, new) for c in transfer]
+    make_celeba_like_images(tmp_path / "portraits", 24)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(["progan train --total-kimg 0.3",
-                                                                       evaluate])],
+    commands = ["progan train --total-kimg 0.3", evaluate, *transfer]
+    result = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(commands)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.count("ok: ") == len(commands) == 4
+    tuned = json.loads((tmp_path / "runs" / "demo-portraits" / "config.json").read_text())
+    assert tuned["origin"]["new_data"] == str((tmp_path / "tfrecords" / "portraits").resolve())
+    assert tuned["config"]["loss"]["augment"] == ["translation", "cutout", "color"]
     assert "built-in demo" in result.stdout
     assert (tmp_path / "tfrecords" / "synthetic" / "dataset.json").exists()
     run = tmp_path / "runs" / "demo"
