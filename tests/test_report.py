@@ -83,3 +83,20 @@ def test_a_run_with_one_resume_tells_what_it_is_where_it_is_and_when_it_ends(tmp
 def test_durations_read_like_a_clock():
     assert duration(0) == "0m 00s" and duration(75) == "1m 15s"
     assert duration(3725) == "1h 02m" and duration(3 * 86400 + 7200) == "3d 02h"
+
+
+def test_the_header_names_augmentation_and_warns_where_adaptive_p_cannot_work():
+    from progan.training.report import _augment_lines
+
+    def lines(**overrides):
+        config = Config.from_dict(TINY_CONFIG).replace(**overrides)
+        return _augment_lines(config.loss, config.optimizer)
+
+    assert lines() == []
+    fixed = lines(**{"loss.augment": ["translation", "color"], "optimizer.freeze_d": 2})
+    assert fixed[0].startswith("augment    translation, color on everything D sees, p 1")
+    assert fixed[1].startswith("freeze-d   the discriminator's 2 blocks nearest the image")
+    adaptive = {"loss.augment": ["cutout"], "loss.augment_target": 0.6}
+    warned = lines(**adaptive)
+    assert "target E[sign D(real)] = 0.6" in warned[0] and warned[1].startswith("warning    adaptive p")
+    assert len(lines(**adaptive, **{"loss.name": "nonsaturating_r1"})) == 1

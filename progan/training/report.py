@@ -253,7 +253,25 @@ def startup_summary(config, data, strategy, run_path, presets: dict) -> list[str
         + ", "
         f"loss {config.loss.name}",
         f"schedule   kimg per phase: {'; '.join(phases)}; total {schedule.total_kimg:g} kimg",
-    ]
+    ] + _augment_lines(config.loss, config.optimizer)
+
+
+def _augment_lines(loss, optimizer) -> list[str]:
+    """The augmentation and FreezeD settings, with a warning where adaptive p cannot work."""
+    lines = []
+    if loss.augment:
+        strength = (f"adaptive p, target E[sign D(real)] = {loss.augment_target:g}"
+                    if loss.augment_target is not None else f"p {loss.augment_p:g}")
+        lines.append(f"augment    {', '.join(loss.augment)} on everything D sees, {strength}")
+        if loss.augment_target is not None and loss.name == "wgan_gp":
+            lines.append("warning    adaptive p reads the sign of D(real), which a WGAN-GP critic does "
+                         "not centre on the real/fake boundary (its drift term keeps real scores "
+                         "near 0): p will likely stay near 0; use --augment-p or --loss "
+                         "nonsaturating_r1")
+    if optimizer.freeze_d:
+        lines.append(f"freeze-d   the discriminator's {optimizer.freeze_d} blocks nearest the image "
+                     "stay fixed")
+    return lines
 
 
 def _setting(config, dotted: str):
