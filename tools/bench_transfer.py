@@ -16,8 +16,9 @@ Variants (each ``--kimg`` images shown, ``--seeds`` training seeds, 32x32):
 * ``transfer+diffaugment``: the same with ``--augment translation,cutout,color`` at p = 1
 * ``transfer+ada``: the same with adaptive p (``--augment-target 0.6``; p may move from 0
   to 1 in half the budget: ``loss.augment_speed_kimg`` = kimg / 2)
-* ``scratch+diffaugment``: ``progan train --data NEW`` with the demo preset, its schedule
-  compressed to the same budget (stable = fade = kimg / 7: 4x4 -> 32x32), augmented as above
+* ``scratch``: ``progan train --data NEW`` with the demo preset, its schedule compressed to
+  the same budget (stable = fade = kimg / 7: 4x4 -> 32x32)
+* ``scratch+diffaugment``: the same, augmented as ``transfer+diffaugment``
 
 Every ``--snapshot-kimg`` the EMA generator is scored with SWD (x10^3, average over the
 pyramid levels) against the held-out images (``progan evaluate --split test``), with the same
@@ -43,7 +44,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from bench_quality import _cli, _read_pngs, git_state  # noqa: E402
 
 OPS = "translation,cutout,color"
-VARIANTS = ("transfer", "transfer+diffaugment", "transfer+ada", "scratch+diffaugment")
+VARIANTS = ("transfer", "transfer+diffaugment", "transfer+ada", "scratch", "scratch+diffaugment")
 
 
 def parse_args(argv=None):
