@@ -261,7 +261,7 @@ def test_strict_bad_file_early_in_600_and_disk_full_mid_build(tmp_path, capsys):
         line = capsys.readouterr().err.strip()
         assert line.startswith(f"progan-dataset: error: OUT {disk / 'tiny'}: the data set needs about "
                                "3.") and line.endswith("MB free") and "600 images, levels 32..4" in line
-        filler.unlink()
+        filler.write_bytes(b"")  # kept, empty: on a full tmpfs even creating a file can fail
 
         strict = start_tool("create_from_images", tmp_path / "out", folder, "--size", "16",
                             "--workers", "2", "--strict", "--quiet")
@@ -280,7 +280,7 @@ def test_strict_bad_file_early_in_600_and_disk_full_mid_build(tmp_path, capsys):
 
         # Mid-build: another program fills the disk while the workers write.
         wait_for_records(disk, "faces", full)
-        with open(filler, "wb") as handle:
+        with open(filler, "ab") as handle:
             try:
                 while True:
                     handle.write(b"\0" * 65536)
