@@ -118,6 +118,10 @@ class ScheduleConfig:
     lr_by_resolution: dict[int, float] = dataclasses.field(default_factory=dict)
     # Both learning rates are multiplied by this during fade-ins (1: the reference).
     fade_lr_scale: float = 1.0
+    # The last fraction of every stable phase over which both learning rates fall linearly
+    # to 0 (0 = off, the reference): each phase ends settled, not mid-stride, which is what
+    # the next fade-in starts from and what a phase-end snapshot shows (issue 14).
+    stable_lr_rampdown: float = 0.0
 
     def validate(self) -> None:
         _require(is_power_of_two(self.start_resolution) and self.start_resolution >= 4,
@@ -137,6 +141,8 @@ class ScheduleConfig:
                      getattr(self, name))
         _require(self.fade_lr_scale > 0, "schedule.fade_lr_scale", "a positive number",
                  self.fade_lr_scale)
+        _require(0 <= self.stable_lr_rampdown <= 1, "schedule.stable_lr_rampdown",
+                 "a fraction of the stable phase in [0, 1]", self.stable_lr_rampdown)
         for resolution, lr in self.lr_by_resolution.items():
             _require(is_power_of_two(resolution) and lr > 0, f"schedule.lr_by_resolution[{resolution}]",
                      "a positive number at a power-of-two resolution", lr)

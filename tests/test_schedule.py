@@ -83,6 +83,9 @@ def test_fade_lr_scale_applies_to_fade_ins_only():
                      (16, True): (0.002, 0.002), (16, False): (0.004, 0.004)}
     with pytest.raises(ValueError, match="schedule.fade_lr_scale"):
         ScheduleConfig(fade_lr_scale=0).validate()
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="schedule.stable_lr_rampdown"):
+            ScheduleConfig(stable_lr_rampdown=bad).validate()
 
 
 def test_total_kimg_truncates_or_extends_the_last_stage():

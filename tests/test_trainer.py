@@ -497,3 +497,28 @@ def test_the_ema_uses_ema_beta_fade_during_fade_ins(tmp_path, tiny_dataset, fadi
             np.testing.assert_allclose(ema.numpy(), (1 - beta) * before, rtol=1e-6, atol=1e-7)
             checked += 1
     assert checked > 5
+
+
+def test_stable_lr_rampdown_scales_the_steps_at_the_end_of_stable_phases_only(tmp_path, tiny_dataset):
+    """`schedule.stable_lr_rampdown` f: both learning rates are the phase's until the last f
+    of a stable phase, then fall linearly to 0 at its end; fade-ins keep theirs. The factor
+    is what Adam's step uses: a first step after a reset moves each weight by ~lr (beta1 0)."""
+    config = tiny(**{"schedule.stable_lr_rampdown": 0.5, "schedule.g_lr": 0.004,
+                     "schedule.d_lr": 0.008, "schedule.fade_lr_scale": 0.5})
+    trainer = training.Trainer(config, tiny_dataset, tmp_path / "run")
+    state = trainer.state
+    start = trainer.schedule.start_of(8)
+    end = trainer.schedule.stage_at(start).end_images
+    for seen, expected in ((start + 16, 1.0), (end - 48, 48 / ((end - start) * 0.5))):
+        state.images_seen.assign(seen)
+        state.reset_optimizers()
+        before = [v.numpy() for v in state.discriminator_variables]
+        trainer.run_iterations(1)
+        assert state.g_optimizer.learning_rate.numpy() == pytest.approx(0.004 * expected, rel=1e-6)
+        assert state.d_optimizer.learning_rate.numpy() == pytest.approx(0.008 * expected, rel=1e-6)
+        moved = np.concatenate([np.abs(v.numpy() - b).ravel()
+                                for v, b in zip(state.discriminator_variables, before)])
+        assert np.median(moved[moved > 0]) == pytest.approx(0.008 * expected, rel=0.05)
+    state.images_seen.assign(trainer.schedule.start_of(8, fading=True) + 8)  # a fade-in
+    trainer.run_iterations(1)
+    assert state.d_optimizer.learning_rate.numpy() == pytest.approx(0.008 * 0.5, rel=1e-6)

@@ -247,6 +247,8 @@ def startup_summary(config, data, strategy, run_path, presets: dict) -> list[str
         f"fmap_max {config.model.fmap_max}, 4² -> {config.model.max_resolution}²",
         f"optimiser  Adam lr G {config.schedule.g_lr:g} D {config.schedule.d_lr:g}"
         + (f" (x{config.schedule.fade_lr_scale:g} in fade-ins)" if config.schedule.fade_lr_scale != 1 else "")
+        + (f" (to 0 over the last {config.schedule.stable_lr_rampdown:.0%} of stable phases)"
+           if config.schedule.stable_lr_rampdown > 0 else "")
         + ", "
         f"beta ({config.optimizer.beta1:g}, {config.optimizer.beta2:g}), EMA {training.ema_beta:g}"
         + (f" ({training.ema_beta_fade:g} in fade-ins)" if training.ema_beta_fade is not None else "")

@@ -99,6 +99,14 @@ def fade_alpha(images_seen, stage):
     return tf.clip_by_value(tf.cast(images_seen - stage.start_images, tf.float32) / length, 0.0, 1.0)
 
 
+def stable_lr_factor(images_seen, stage, rampdown: float):
+    """The learning rates' factor in a stable phase: 1, then linearly down to 0 across the
+    phase's last ``rampdown`` fraction (``schedule.stable_lr_rampdown``)."""
+    length = max(stage.end_images - stage.start_images, 1)
+    remaining = tf.cast(stage.end_images - images_seen, tf.float32) / length
+    return tf.clip_by_value(remaining / rampdown, 0.0, 1.0)
+
+
 def unscaled_gradients(tape, scaled_loss, variables, loss_scale):
     """d(scaled_loss)/d(variables) / loss_scale in float32, where ``scaled_loss`` = loss *
     loss_scale was computed on ``tape`` (float16 loss scaling; the scale is 1 otherwise)."""
@@ -263,6 +271,11 @@ class StageStep:
         alpha = fade_alpha(images_seen, self.stage)
         state.networks.generator_fade.alpha.assign(alpha)
         state.networks.discriminator_fade.alpha.assign(alpha)
+        rampdown = self.config.schedule.stable_lr_rampdown
+        if rampdown > 0 and not self.stage.fading:
+            factor = stable_lr_factor(images_seen, self.stage, rampdown)
+            state.g_optimizer.learning_rate.assign(self.stage.g_lr * factor)
+            state.d_optimizer.learning_rate.assign(self.stage.d_lr * factor)
         loss_scale = state.loss_scale.scale.read_value()
         p = state.augment["augment_p"].read_value()
         d_grads, d_sums = self.run_replicas(self.d_replica, next(iterator), images_seen, alpha,
