@@ -100,3 +100,14 @@ def test_the_header_names_augmentation_and_warns_where_adaptive_p_cannot_work():
     warned = lines(**adaptive)
     assert "target E[sign D(real)] = 0.6" in warned[0] and warned[1].startswith("warning    adaptive p")
     assert len(lines(**adaptive, **{"loss.name": "nonsaturating_r1"})) == 1
+
+
+def test_the_header_names_every_learning_rate_change_along_the_schedule():
+    from progan.config import load_config
+    from progan.training.report import _lr_notes
+
+    assert _lr_notes(load_config("celeba64").schedule) == ""  # one rate throughout: nothing to add
+    assert _lr_notes(load_config("demo").schedule) == " (0.0015 at 4²; x0.75 in fade-ins)"
+    ramped = Config.from_dict(TINY_CONFIG).replace(**{"schedule.stable_lr_rampdown": 0.25,
+                                                      "schedule.lr_by_resolution": {8: 0.003}})
+    assert _lr_notes(ramped.schedule) == " (0.003 at 8²; to 0 over the last 25% of stable phases)"

@@ -245,17 +245,24 @@ def startup_summary(config, data, strategy, run_path, presets: dict) -> list[str
         f"{'/'.join(str(b // replicas) for b in batches)} per replica",
         f"model      latent {config.model.latent_size}, fmap_base {config.model.fmap_base}, "
         f"fmap_max {config.model.fmap_max}, 4² -> {config.model.max_resolution}²",
-        f"optimiser  Adam lr G {config.schedule.g_lr:g} D {config.schedule.d_lr:g}"
-        + (f" (x{config.schedule.fade_lr_scale:g} in fade-ins)" if config.schedule.fade_lr_scale != 1 else "")
-        + (f" (to 0 over the last {config.schedule.stable_lr_rampdown:.0%} of stable phases)"
-           if config.schedule.stable_lr_rampdown > 0 else "")
-        + ", "
+        f"optimiser  Adam lr G {config.schedule.g_lr:g} D {config.schedule.d_lr:g}{_lr_notes(config.schedule)}, "
         f"beta ({config.optimizer.beta1:g}, {config.optimizer.beta2:g}), EMA {training.ema_beta:g}"
         + (f" ({training.ema_beta_fade:g} in fade-ins)" if training.ema_beta_fade is not None else "")
         + ", "
         f"loss {config.loss.name}",
         f"schedule   kimg per phase: {'; '.join(phases)}; total {schedule.total_kimg:g} kimg",
     ] + _augment_lines(config.loss, config.optimizer)
+
+
+def _lr_notes(schedule) -> str:
+    """What changes the learning rates along the schedule, e.g. " (0.0015 at 4²; x0.75 in
+    fade-ins)"; empty when nothing does."""
+    notes = [f"{lr:g} at {resolution}²" for resolution, lr in sorted(schedule.lr_by_resolution.items())]
+    if schedule.fade_lr_scale != 1:
+        notes.append(f"x{schedule.fade_lr_scale:g} in fade-ins")
+    if schedule.stable_lr_rampdown > 0:
+        notes.append(f"to 0 over the last {schedule.stable_lr_rampdown:.0%} of stable phases")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _augment_lines(loss, optimizer) -> list[str]:
