@@ -1,7 +1,5 @@
-"""`progan` command line: sub-commands that only parse arguments and call the package.
-
-(Over 300 lines: the training sub-commands share the override flags defined here.)
-"""
+"""`progan` command line: sub-commands that only parse arguments and call `progan.api`
+(the Python functions of the same names and defaults)."""
 
 from __future__ import annotations
 
@@ -9,6 +7,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from progan import api
 
 
 def _add_summary(subparsers):
@@ -48,105 +48,70 @@ def _run_summary(args, parser):
     print(f"  discriminator {counts['discriminator']:>12,}")
 
 
-DEFAULT_DATA = Path("tfrecords/synthetic")
-DEFAULT_RUN = Path("runs/demo")
-DEMO_DATA = {"num_images": 4096, "resolution": 32, "seed": 0}
-
-# flag -> (dotted setting, type)
-OVERRIDES = {
-    "--max-resolution": ("model.max_resolution", int),
-    "--latent-size": ("model.latent_size", int),
-    "--fmap-base": ("model.fmap_base", int),
-    "--fmap-max": ("model.fmap_max", int),
-    "--fused-scale-from": ("model.fused_scale_from", int),
-    "--fade-kimg": ("schedule.fade_kimg", float),
-    "--stable-kimg": ("schedule.stable_kimg", float),
-    "--total-kimg": ("schedule.total_kimg", float),
-    "--batch": ("schedule.batch_size", int),
-    "--loss": ("loss.name", str),
-    "--augment-p": ("loss.augment_p", float),
-    "--augment-target": ("loss.augment_target", float),
-    "--freeze-d": ("optimizer.freeze_d", int),
-    "--seed": ("training.seed", int),
-    "--tick-kimg": ("training.tick_kimg", float),
-    "--snapshot-kimg": ("training.snapshot_kimg", float),
-    "--keep-checkpoints": ("training.keep_checkpoints", int),
-    "--strategy": ("training.strategy", str),
-    "--mixed-precision": ("training.mixed_precision", str),
-    "--steps-per-call": ("training.steps_per_call", int),
-    "--metrics-kimg": ("training.metrics_kimg", float),
-    "--metrics-num-images": ("training.metrics_num_images", int),
-}
-CHOICES = {"--loss": "LOSSES", "--strategy": "STRATEGIES", "--mixed-precision": "PRECISIONS"}
+BOOLEAN_FLAGS = ("xla", "deterministic", "mirror")
+FLOAT_FLAGS = ("fade_kimg", "stable_kimg", "total_kimg", "augment_p", "augment_target",
+               "tick_kimg", "snapshot_kimg", "metrics_kimg")
+TEXT_FLAGS = ("loss", "strategy", "mixed_precision", "augment", "metrics")
+CHOICES = {"loss": "LOSSES", "strategy": "STRATEGIES", "mixed_precision": "PRECISIONS"}
+# Settings a benchmark of training iterations can use (the others only matter over a run).
+BENCH_FLAGS = ("latent_size", "fmap_base", "fmap_max", "fused_scale_from", "batch", "loss",
+               "augment", "augment_p", "strategy", "mixed_precision", "xla", "deterministic",
+               "steps_per_call")
+FINETUNE_FLAGS = ("augment", "augment_p", "augment_target", "freeze_d")
 
 
-def _add_overrides(parser, default_help: str):
-    from progan import config as settings
+def _flag_help(name: str, setting: str) -> str:
+    from progan.config import describe_setting
 
-    parser.add_argument("--config", default=None,
-                        help=f"preset ({', '.join(settings.PRESETS)}) or JSON file "
-                             f"(`progan config --dump NAME` prints one); default: {default_help}")
-    group = parser.add_argument_group("overrides of the config (default: the config's value)")
-    for flag, (setting, kind) in OVERRIDES.items():
-        choices = getattr(settings, CHOICES[flag]) if flag in CHOICES else None
-        group.add_argument(flag, type=kind, default=None, choices=choices, help=f"sets {setting}")
-    group.add_argument("--lr", type=float, default=None, help="sets schedule.g_lr and d_lr: the learning rate of both networks")
-    group.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
-                       help="left-right mirror augmentation")
-    group.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
-                       help="jit-compile the train steps with XLA")
-    group.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                       help="deterministic ops (bitwise-exact resume on the CPU)")
-    _add_augment(group)
-    group.add_argument("--metrics", default=None,
-                       help="sets training.metrics: evaluated during training, e.g. swd or "
-                            "swd,msssim (the first is the run's primary metric)")
+    return describe_setting(setting)
 
 
-def _add_augment(group):
-    from progan.config import AUGMENT_OPS
+def _add_overrides(parser, default_help: str, names=None, config: bool = True):
+    """The override flags of ``names`` (default: every one of `progan.api.SETTINGS`)."""
+    from progan import api, config as settings
 
-    group.add_argument("--augment", default=None, metavar="OPS",
-                       help="sets loss.augment: differentiable augmentation of every image the "
-                            f"discriminator sees, comma-separated from {','.join(AUGMENT_OPS)} "
-                            "('' turns it off); with --augment-p P (default 1) or an adaptive "
-                            "p with --augment-target, e.g. 0.6")
+    if config:
+        parser.add_argument("--config", default=None,
+                            help=f"preset ({', '.join(settings.PRESETS)}) or JSON file "
+                                 f"(`progan config --dump NAME` prints one; a run's config.json "
+                                 f"is one too); default: {default_help}")
+    group = parser.add_argument_group("overrides of the config (default: the config's value; "
+                                      "docs/settings.md says what each means)")
+    for name in names or api.SETTINGS:
+        flag, setting = "--" + name.replace("_", "-"), api.SETTINGS[name]
+        if name in BOOLEAN_FLAGS:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=_flag_help(name, setting))
+            continue
+        kind = float if name in FLOAT_FLAGS else str if name in TEXT_FLAGS else int
+        choices = getattr(settings, CHOICES[name]) if name in CHOICES else None
+        metavar = "A,B" if name in api.LIST_SETTINGS else None
+        group.add_argument(flag, type=kind, default=None, choices=choices, metavar=metavar,
+                           help=_flag_help(name, setting))
+    if names is None:
+        group.add_argument("--lr", type=float, default=None,
+                           help="sets schedule.g_lr and schedule.d_lr (the learning rate of "
+                                "both networks) and clears schedule.lr_by_resolution")
 
 
-def _augment_overrides(args) -> dict:
-    """The dotted settings of --augment (a comma-separated list)."""
-    if args.augment is None:
-        return {}
-    return {"loss.augment": [op for op in args.augment.split(",") if op]}
+def _overrides(args, names=None) -> dict:
+    """The keyword overrides that were given on the command line."""
+    from progan import api
 
-
-def config_from_args(args, default: str):
-    """The preset or file named by --config (else ``default``) with every override applied."""
-    from progan.config import load_config
-
-    config = load_config(args.config or default)
-    overrides = {setting: getattr(args, flag[2:].replace("-", "_"))
-                 for flag, (setting, _) in OVERRIDES.items()
-                 if getattr(args, flag[2:].replace("-", "_")) is not None}
-    if args.lr is not None:
-        overrides.update({"schedule.g_lr": args.lr, "schedule.d_lr": args.lr,
-                          "schedule.lr_by_resolution": {}})
-    for name in ("mirror", "xla", "deterministic"):
-        if getattr(args, name) is not None:
-            overrides[f"training.{name}"] = getattr(args, name)
-    if args.metrics is not None:
-        overrides["training.metrics"] = [m for m in args.metrics.split(",") if m]
-    overrides.update(_augment_overrides(args))
-    return config.replace(**overrides) if overrides else config
+    given = {name: getattr(args, name) for name in (names or api.SETTINGS)
+             if getattr(args, name, None) is not None}
+    if getattr(args, "lr", None) is not None:
+        given["lr"] = args.lr
+    return given
 
 
 def _add_train(subparsers):
     parser = subparsers.add_parser(
         "train", help="train progressively (no --data: the built-in synthetic demo)")
     parser.add_argument("--data", type=Path, default=None,
-                        help=f"prepared dataset directory (default: build {DEFAULT_DATA} once)")
+                        help=f"prepared dataset directory (default: build {api.DEFAULT_DATA} once)")
     parser.add_argument("--out", type=Path, default=None,
-                        help=f"run directory (default {DEFAULT_RUN} for the demo; required with --data)")
+                        help=f"run directory (default {api.DEFAULT_RUN} for the demo; required with --data)")
     parser.add_argument("--conditional", action="store_true",
                         help="condition both networks on the data set's labels (e.g. CelebA's 40 "
                              "attributes; sets model.label_size and label_kind from the data)")
@@ -155,29 +120,13 @@ def _add_train(subparsers):
 
 
 def _run_train(args, parser):
-    from progan.training import trainer
+    from progan import api
 
-    config = config_from_args(args, "demo" if args.data is None else "celeba64")
-    data, out = args.data, args.out
-    if data is None:
-        from progan.dataset.synthetic import ensure_synthetic
-        from progan.training.schedule import Schedule
-
-        total_kimg = Schedule(config.schedule, config.model.max_resolution).total_kimg
-
-        print(f"progan train: no --data given, so this runs the built-in demo: the synthetic "
-              f"face set ({DEMO_DATA['num_images']} images, built once into {DEFAULT_DATA}) and "
-              f"the '{args.config or 'demo'}' preset, 4x4 -> {config.model.max_resolution}x"
-              f"{config.model.max_resolution} ({total_kimg:g} kimg); "
-              f"the demo preset takes about 8 minutes on a 2-core CPU.", flush=True)
-        data = ensure_synthetic(DEFAULT_DATA, **DEMO_DATA)
-        out = out or DEFAULT_RUN
-    elif out is None:
+    out = args.out
+    if args.data is not None and out is None:
         parser.error("--out is required with --data")
-    if args.conditional:
-        config = trainer.conditional_config(config, data)
-    result = trainer.train(config, data, out)
-    _print_result(result, out)
+    result = api.train(args.data, out, args.config, args.conditional, **_overrides(args))
+    _print_result(result, out or api.DEFAULT_RUN)
 
 
 def _print_result(result, out):
@@ -194,13 +143,16 @@ def _add_resume(subparsers):
                              "fingerprint in config.json; default: the recorded path)")
     parser.add_argument("--allow-different-data", action="store_true",
                         help="continue on a --data set whose fingerprint differs from the run's")
+    parser.add_argument("--total-kimg", type=float, default=None,
+                        help="train the run to this many kimg (e.g. to extend a finished run); "
+                             "recorded in its config.json (default: the run's own)")
     parser.set_defaults(run=_run_resume)
 
 
 def _run_resume(args, parser):
-    from progan.training import trainer
+    from progan import api
 
-    result = trainer.resume(args.run_dir, args.data, args.allow_different_data)
+    result = api.resume(args.run_dir, args.data, args.allow_different_data, args.total_kimg)
     _print_result(result, args.run_dir)
 
 
@@ -222,33 +174,22 @@ def _add_finetune(subparsers):
     parser.add_argument("--data", type=Path, default=None,
                         help="fine-tune on another prepared data set with the same channels and "
                              "the levels from the snapshot's resolution on (default: the run's)")
-    group = parser.add_argument_group("settings of the new run (default: the source run's)")
-    for flag in FINETUNE_OVERRIDES:
-        group.add_argument(flag, type=OVERRIDES[flag][1], default=None,
-                           help=f"sets {OVERRIDES[flag][0]}")
-    _add_augment(group)
+    _add_overrides(parser, "", FINETUNE_FLAGS, config=False)
     parser.set_defaults(run=_run_finetune)
 
 
-FINETUNE_OVERRIDES = ("--augment-p", "--augment-target", "--freeze-d")
-
-
 def _run_finetune(args, parser):
-    from progan.training import trainer
+    from progan import api
 
-    overrides = {OVERRIDES[flag][0]: getattr(args, flag[2:].replace("-", "_"))
-                 for flag in FINETUNE_OVERRIDES
-                 if getattr(args, flag[2:].replace("-", "_")) is not None}
-    overrides.update(_augment_overrides(args))
-    result = trainer.finetune(args.run_dir, args.out, args.snapshot, args.lr_scale, args.kimg,
-                              args.reset_optimizer, data=args.data, overrides=overrides or None)
+    result = api.finetune(args.run_dir, args.out, args.kimg, args.snapshot, args.lr_scale,
+                          args.reset_optimizer, args.data, **_overrides(args, FINETUNE_FLAGS))
     _print_result(result, args.out)
 
 
 def _add_bench(subparsers):
     parser = subparsers.add_parser(
         "bench", help="images/s of a full training iteration per stage, FLOPs, fraction of peak")
-    _add_overrides(parser, "demo")
+    _add_overrides(parser, "demo", BENCH_FLAGS)
     parser.add_argument("--resolutions", default="4,8,16,32",
                         help="comma-separated, e.g. 4,8,16 (default 4,8,16,32)")
     parser.add_argument("--phases", choices=("fading", "stable", "both"), default="fading",
@@ -263,11 +204,13 @@ def _run_bench(args, parser):
     from progan.training.bench import bench, parse_resolutions
 
     try:
-        resolutions = parse_resolutions(args.max_resolutions)
+        resolutions = parse_resolutions(args.resolutions)
     except ValueError as error:
         parser.error(str(error))
     phases = {"fading": (True,), "stable": (False,), "both": (True, False)}[args.phases]
-    config = config_from_args(args, "demo")
+    from progan import api
+
+    config = api.make_config(args.config, "demo", **_overrides(args, BENCH_FLAGS))
     result = bench(config, resolutions, args.data, args.seconds, phases,
                    log=(lambda line: None) if args.json else print)
     if args.json:
@@ -279,17 +222,23 @@ def _run_bench(args, parser):
 
 
 def _add_config(subparsers):
-    parser = subparsers.add_parser("config", help="print a preset (or a config file) as JSON")
-    parser.add_argument("--dump", required=True, metavar="PRESET|FILE",
-                        help="celeba64, paper, demo or a JSON file; the output is what "
-                             "--config FILE.json accepts")
+    parser = subparsers.add_parser(
+        "config", help="print a preset (or a config file) as JSON, or the settings reference")
+    choice = parser.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--dump", metavar="PRESET|FILE",
+                        help="celeba64, paper, demo or a JSON file (a run's config.json too); "
+                             "the output is what --config FILE.json accepts; no default: give "
+                             "--dump or --reference")
+    choice.add_argument("--reference", action="store_true",
+                        help="every setting with its meaning, default and preset values "
+                             "(Markdown; what docs/settings.md holds)")
     parser.set_defaults(run=_run_config)
 
 
 def _run_config(args, parser):
-    from progan.config import load_config
+    from progan.config import load_config, settings_reference
 
-    print(load_config(args.dump).to_json())
+    print(settings_reference() if args.reference else load_config(args.dump).to_json())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,7 +103,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
-    """Progressive-growing schedule; images seen is the clock (see `progan.training.schedule`)."""
+    """Progressive-growing schedule; images seen is the clock (see `progan.schedule`)."""
 
     start_resolution: int = 4
     stable_kimg: float = 800.0
@@ -270,14 +270,8 @@ class TrainingConfig:
         _require(self.grid_size >= 1, "training.grid_size", "a positive integer", self.grid_size)
         _require(self.steps_per_call >= 1, "training.steps_per_call", "a positive integer",
                  self.steps_per_call)
-        # FID/KID need Inception weights, which `progan evaluate` takes as flags; during
-        # training only the registered metrics that need nothing but the data are computed.
-        from progan.evaluation.registry import METRICS
-
-        usable = [name for name, metric in METRICS.items() if not metric.needs_features]
-        unknown = [name for name in self.metrics if name not in usable]
-        _require(not unknown, "training.metrics", "some of " + ", ".join(usable)
-                 + " (FID/KID: run progan evaluate with Inception weights)", self.metrics)
+        # The names are checked against the metric registry where a run is wired
+        # (`progan.evaluation.run.training_metrics`): settings know no metric code.
         _require(self.metrics_kimg >= 0 and self.metrics_num_images >= 2,
                  "training.metrics_kimg/metrics_num_images", "kimg >= 0 and at least 2 images",
                  (self.metrics_kimg, self.metrics_num_images))
@@ -457,3 +451,122 @@ def load_config(name_or_path: str | Path) -> Config:
         raise ConfigError(f"--config {name_or_path}: expected a preset ({', '.join(PRESETS)}) "
                           "or a JSON file")
     return Config.from_json(path.read_text(), str(path))
+
+
+# What every setting means (and its unit): the settings reference (`docs/settings.md`, made
+# by `progan config --reference`) and the help line of every override flag are built from this
+# table and the dataclasses' defaults, and a test checks that every field has its line.
+SETTING_DOCS = {
+    "model.latent_size": "length of the latent vector z",
+    "model.fmap_base": "feature maps: nf(stage) = min(fmap_base / 2^(stage x fmap_decay), fmap_max)",
+    "model.fmap_decay": "how fast the feature maps shrink per resolution doubling (see fmap_base)",
+    "model.fmap_max": "the most feature maps of any layer",
+    "model.max_resolution": "the top resolution in pixels (a power of two, 4 to 1024)",
+    "model.num_channels": "image channels: 3 (RGB) or 1 (grey)",
+    "model.normalize_latents": "pixel-normalise the latents before the first layer",
+    "model.pixelnorm_epsilon": "epsilon of the pixelwise feature normalisation",
+    "model.leaky_slope": "negative slope of the leaky ReLUs",
+    "model.mbstd_group_size": "minibatch-stddev group size (0: no minibatch-stddev layer)",
+    "model.fused_scale_from": "resolution from which upscale+conv and conv+downscale are one "
+                              "strided 4x4 convolution (the same function, fewer FLOPs; 0: never)",
+    "model.spectral_norm": "spectral normalisation of the discriminator's layers",
+    "model.g_dense_gain": "equalised-LR gain of the generator's first (dense) layer",
+    "model.to_rgb_gain": "equalised-LR gain of the toRGB layers",
+    "model.d_output_gain": "equalised-LR gain of the discriminator's output layer",
+    "model.pixelnorm_after_dense": "pixel norm after the generator's first (dense) layer",
+    "model.label_size": "labels the networks are conditioned on (0: unconditional; "
+                        "train --conditional sets it from the data)",
+    "model.label_kind": "multi_label (independent attributes, sigmoid) or one_hot (classes, softmax)",
+    "schedule.start_resolution": "the resolution training starts at, in pixels",
+    "schedule.stable_kimg": "thousands of images shown in each stable phase",
+    "schedule.fade_kimg": "thousands of images over which each new resolution fades in",
+    "schedule.total_kimg": "thousands of images of the whole run (null: the end of the last "
+                           "stable phase)",
+    "schedule.batch_size": "images per iteration (over all replicas)",
+    "schedule.batch_sizes": "per-resolution batch sizes, e.g. {\"64\": 8}, overriding batch_size",
+    "schedule.g_lr": "the generator's Adam learning rate",
+    "schedule.d_lr": "the discriminator's Adam learning rate",
+    "schedule.lr_by_resolution": "per-resolution learning rate of both networks, e.g. "
+                                 "{\"4\": 0.0015}, overriding g_lr and d_lr",
+    "schedule.fade_lr_scale": "factor on both learning rates during fade-ins",
+    "schedule.stable_lr_rampdown": "fraction of each stable phase over which both learning rates "
+                                   "fall linearly to 0 (0: off)",
+    "loss.name": "the loss: wgan_gp, nonsaturating_r1 or least_squares",
+    "loss.gp_lambda": "weight of WGAN-GP's gradient penalty (lambda)",
+    "loss.gp_gamma": "the gradient-norm target of WGAN-GP's penalty (gamma)",
+    "loss.drift": "weight of the drift term epsilon x D(real)^2",
+    "loss.r1_gamma": "weight of the R1 penalty (nonsaturating_r1)",
+    "loss.shared_latents": "the generator step reuses the discriminator step's latents",
+    "loss.cond_weight": "weight of the label cross-entropy of a conditional run",
+    "loss.augment": "differentiable augmentation of every image D sees: a list of "
+                    "translation, cutout, color (empty: none)",
+    "loss.augment_p": "probability of each augmentation op (fixed p)",
+    "loss.augment_target": "target of E[sign(D(real))] for an adaptive p (null: fixed p)",
+    "loss.augment_interval": "iterations between updates of an adaptive p",
+    "loss.augment_speed_kimg": "thousands of images for an adaptive p to move from 0 to 1",
+    "optimizer.beta1": "Adam's beta1",
+    "optimizer.beta2": "Adam's beta2",
+    "optimizer.epsilon": "Adam's epsilon",
+    "optimizer.reset_on_fade_start": "reset both Adam states when a fade-in starts",
+    "optimizer.reset_on_fade_end": "reset both Adam states when a fade-in ends",
+    "optimizer.freeze_d": "discriminator blocks nearest the image (and their fromRGB) kept "
+                          "fixed (FreezeD; 0: none)",
+    "training.seed": "seed of the weights, the latents and the data order (0 to 2^31 - 1)",
+    "training.mirror": "left-right mirror augmentation of the reals",
+    "training.ema_beta": "decay of the generator's moving average per iteration",
+    "training.ema_beta_fade": "the same during fade-ins (null: ema_beta)",
+    "training.tick_kimg": "thousands of images between tick lines",
+    "training.snapshot_kimg": "thousands of images between snapshots",
+    "training.keep_checkpoints": "newest full snapshots kept (besides the best ones)",
+    "training.max_nonfinite_steps": "non-finite steps in a row before rolling back to the "
+                                    "last snapshot",
+    "training.strategy": "tf.distribute strategy: auto, one, mirrored, multiworker or tpu",
+    "training.mixed_precision": "off, bf16 or fp16 (with dynamic loss scaling)",
+    "training.xla": "jit-compile the train steps with XLA",
+    "training.deterministic": "deterministic ops (a bitwise-exact resume on the CPU)",
+    "training.grid_size": "the fakes*.png grids are grid_size x grid_size images",
+    "training.steps_per_call": "iterations per compiled call (fewer host round trips)",
+    "training.metrics": "metrics evaluated during training, e.g. [\"swd\"] (the first is the "
+                        "run's primary metric)",
+    "training.metrics_kimg": "thousands of images between metric evaluations (0: every snapshot)",
+    "training.metrics_num_images": "images per metric evaluation during training",
+}
+
+
+def setting_default(setting: str):
+    """The default of a dotted setting (``schedule.batch_size`` -> 16)."""
+    section, key = setting.split(".")
+    field = {f.name: f for f in dataclasses.fields(SECTIONS[section])}[key]
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory()
+
+
+def describe_setting(setting: str) -> str:
+    """One line: what a setting means, and its default."""
+    default = setting_default(setting)
+    shown = json.dumps(list(default) if isinstance(default, tuple) else default)
+    return f"sets {setting}: {SETTING_DOCS[setting]} (default {shown})"
+
+
+def settings_reference() -> str:
+    """The settings reference as Markdown: every setting, its meaning and unit, its default
+    and its value in each preset."""
+    presets = {name: load_config(name).to_dict() for name in PRESETS}
+    lines = ["# Settings reference", "",
+             "Every setting of a run's `config.json` (`progan config --dump NAME` prints a preset;",
+             "edit it and pass it with `--config FILE.json`). Made by `progan config --reference`;",
+             "a test keeps it equal to the code.", ""]
+    for section, cls in SECTIONS.items():
+        lines += [f"## {section}", "", "| setting | meaning | default | "
+                  + " | ".join(presets) + " |", "|---|---|---|" + "---|" * len(presets)]
+        for field in dataclasses.fields(cls):
+            setting = f"{section}.{field.name}"
+            default = setting_default(setting)
+            values = [presets[name]["config"][section][field.name] if "config" in presets[name]
+                      else presets[name][section][field.name] for name in presets]
+            cells = [json.dumps(list(v) if isinstance(v, tuple) else v) for v in [default, *values]]
+            lines.append(f"| `{field.name}` | {SETTING_DOCS[setting]} | "
+                         + " | ".join(f"`{cell}`" for cell in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Small operating-system helpers shared by the dataset tool and the run directory."""
+"""Small operating-system helpers shared by the dataset tool, the run directory and the
+reports: processes, the native stderr, and how a span of time is written."""
 
 from __future__ import annotations
 
@@ -42,3 +43,13 @@ def held_native_stderr():
         finally:
             os.dup2(saved, stderr)
             os.close(saved)
+
+
+def duration(seconds: float) -> str:
+    """``3725`` -> ``"1h 02m"``; ``75`` -> ``"1m 15s"``."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours >= 24:
+        return f"{hours // 24}d {hours % 24:02d}h"
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from progan.cli import build_parser, config_from_args
+from progan import api
+from progan.cli import _overrides, build_parser
 from progan.config import Config, load_config
 
 
@@ -36,8 +37,12 @@ def test_one_vocabulary():
         assert "--snapshot" in commands[name]._option_string_actions, name
     for name in ("evaluate",):
         assert "--num-images" in commands[name]._option_string_actions
-    for name in ("train", "bench", "summary"):
+    for name in ("train", "summary"):
         assert "--max-resolution" in commands[name]._option_string_actions, name
+    assert "--resolutions" in commands["bench"]._option_string_actions
+    # a benchmark of iterations offers no flag that only matters over a run
+    for flag in ("--total-kimg", "--snapshot-kimg", "--metrics", "--seed", "--tick-kimg"):
+        assert flag not in commands["bench"]._option_string_actions, flag
     assert "--resolution" not in commands["train"]._option_string_actions
     assert "--snapshots" not in commands["evaluate"]._option_string_actions
 
@@ -45,9 +50,9 @@ def test_one_vocabulary():
 def test_train_with_data_defaults_to_the_thesis_preset_and_without_to_the_demo(tmp_path):
     parser = build_parser()
     with_data = parser.parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
-    assert config_from_args(with_data, "celeba64") == load_config("celeba64")
+    assert api.make_config(with_data.config, "celeba64", **_overrides(with_data)) == load_config("celeba64")
     demo = parser.parse_args(["train", "--max-resolution", "16"])
-    assert config_from_args(demo, "demo").model.max_resolution == 16
+    assert api.make_config(demo.config, "demo", **_overrides(demo)).model.max_resolution == 16
 
 
 def test_config_dump_prints_what_config_file_accepts(tmp_path, capsys):
@@ -63,3 +68,33 @@ def test_config_dump_prints_what_config_file_accepts(tmp_path, capsys):
     assert stop.value.code == 2
     assert "expected a preset" in capsys.readouterr().err
     json.loads(dumped)
+
+
+def test_bench_runs_with_every_flag_its_help_lists(capsys):
+    from progan import cli
+
+    args = ["bench", "--config", "demo", "--resolutions", "4", "--seconds", "0.05",
+            "--latent-size", "16", "--fmap-base", "32", "--fmap-max", "8", "--fused-scale-from", "8",
+            "--batch", "8", "--loss", "wgan_gp", "--augment", "translation", "--augment-p", "0.5",
+            "--strategy", "one", "--mixed-precision", "off", "--no-xla", "--deterministic",
+            "--steps-per-call", "2", "--phases", "both", "--json"]
+    listed = {a.option_strings[0] for a in subcommands()["bench"]._actions if a.option_strings}
+    used = {arg for arg in args if arg.startswith("--")} | {"--xla", "--data", "-h"}
+    assert listed <= used | {"--no-deterministic"}, listed - used
+    assert cli.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [row["resolution"] for row in result["stages"]] == [4]
+    assert result["stages"][0]["images_per_sec"] > 0
+
+
+def test_config_reference_is_docs_settings_md():
+    from progan.config import SECTIONS, SETTING_DOCS, settings_reference
+    import dataclasses
+
+    fields = {f"{name}.{field.name}" for name, cls in SECTIONS.items()
+              for field in dataclasses.fields(cls)}
+    assert fields == set(SETTING_DOCS)
+    from conftest import REPO
+
+    assert (REPO / "docs" / "settings.md").read_text() == settings_reference() + "\n", \
+        "docs/settings.md is out of date: progan config --reference > docs/settings.md"

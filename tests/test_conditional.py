@@ -9,7 +9,7 @@ from conftest import TINY_CONFIG
 from progan.cli import main as progan
 from progan.config import Config
 from progan.dataset.reader import read_labels
-from progan.generate import generate, load_generator
+from progan.generation import generate, load_generator
 from progan.images import seed_labels, to_uint8
 from progan.run import RunDir
 from progan.training import trainer as training

@@ -10,8 +10,8 @@ from progan.evaluation import run as evaluation
 from progan.evaluation.features import RandomConvFeatures
 from progan.evaluation.frechet import frechet_distance
 from progan.evaluation.msssim import ms_ssim
-from progan.evaluation.swd import swd
-from progan.generate import generate, load_generator
+from progan.evaluation.sliced_wasserstein import swd
+from progan.generation import generate, load_generator
 from progan.run import RunDir
 
 REQUIRED = {"kimg", "images_seen", "snapshot", "resolution", "metric", "value", "num_images",

@@ -58,16 +58,62 @@ def find_cycle(graph):
     return None
 
 
+# The floors of the package: a module imports from its own floor or below, never up.
+FLOORS = {
+    1: ("progan", "progan.errors", "progan.system", "progan.backend", "progan.resolution",
+        "progan.images"),
+    2: ("progan.config", "progan.schedule", "progan.layers", "progan.networks", "progan.losses",
+        "progan.run", "progan.checkpoints", "progan.portable", "progan.dataset"),
+    3: ("progan.training", "progan.evaluation", "progan.generation"),
+    4: ("progan.cli", "progan.__main__", "progan.api", "progan.dataset.cli",
+        "progan.evaluation.cli"),
+}
+
+
+def floor_of(module: str) -> int:
+    """The floor of a module: its own entry, else that of the longest listed prefix."""
+    best, floor = "", None
+    for number, names in FLOORS.items():
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > len(best):
+                best, floor = name, number
+    assert floor is not None, f"{module} is on no floor: add it to FLOORS"
+    return floor
+
+
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
-    assert {"progan.run", "progan.training.trainer", "progan.evaluation.run", "progan.generate"} <= graph.keys()
+    assert {"progan.run", "progan.training.trainer", "progan.evaluation.run", "progan.generation",
+            "progan.api", "progan.schedule", "progan.checkpoints"} <= graph.keys()
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
 
 
-def test_only_the_command_line_drives_the_trainer():
+def upward_imports(graph) -> list[str]:
+    return sorted(f"{module} (floor {floor_of(module)}) -> {target} (floor {floor_of(target)})"
+                  for module, targets in graph.items() for target in targets
+                  if floor_of(target) > floor_of(module))
+
+
+def test_every_module_imports_only_its_own_floor_or_below():
+    assert upward_imports(import_graph()) == []
+    assert upward_imports({"progan.networks": {"progan.training.step"}}) != []  # the check bites
+
+
+def test_training_and_evaluation_never_import_each_other_and_generation_no_training():
+    def imports(prefix, other):
+        return sorted(f"{module} -> {target}" for module, targets in import_graph().items()
+                      if module.startswith(prefix) and floor_of(module) == 3
+                      for target in targets if target.startswith(other))
+
+    assert imports("progan.training", "progan.evaluation") == []
+    assert imports("progan.evaluation", "progan.training") == []
+    assert imports("progan.generation", "progan.training") == []
+
+
+def test_only_the_entry_points_drive_the_trainer():
     importers = {name for name, targets in import_graph().items() if "progan.training.trainer" in targets}
-    assert importers <= {"progan.cli", "progan.training.bench"}, importers
+    assert importers <= {"progan.api", "progan.training.bench"}, importers
 
 
 def test_the_cycle_finder_finds_one():

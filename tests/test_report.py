@@ -31,7 +31,10 @@ def test_a_run_with_one_resume_tells_what_it_is_where_it_is_and_when_it_ends(tmp
         "training.metrics_num_images": 16})
     run_dir = tmp_path / "run"
     RunDir(run_dir).write(RunInfo(config, tiny_dataset, None))
-    trainer = training.Trainer(config, tiny_dataset, run_dir)
+    from progan.evaluation.run import training_metrics
+
+    trainer = training.Trainer(config, tiny_dataset, run_dir,
+                               callbacks=training_metrics(run_dir, config.training))
     # first session: stop after the second tick, as a preemption would
     original = trainer._tick
 
@@ -43,7 +46,8 @@ def test_a_run_with_one_resume_tells_what_it_is_where_it_is_and_when_it_ends(tmp
 
     trainer._tick = stop_after_two
     assert trainer.train()["stopped"]
-    training.resume(run_dir, data=tiny_dataset, allow_different_data=True)
+    training.resume(run_dir, data=tiny_dataset, allow_different_data=True,
+                    callbacks=training_metrics(run_dir, config.training))
 
     log = (run_dir / "log.txt").read_text()
     for field in ("preset     celeba64; settings that differ: model.latent_size=16", "data       ", "fingerprint", "strategy   OneDeviceStrategy, 1 replica(s)",

@@ -4,7 +4,7 @@ import random
 import pytest
 
 from progan.config import ScheduleConfig
-from progan.training.schedule import Schedule
+from progan.schedule import Schedule
 
 
 def reference_lod_schedule(images_seen, stable_kimg, fade_kimg, max_resolution, start_resolution=4):

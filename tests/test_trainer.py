@@ -455,7 +455,7 @@ def test_runs_written_by_earlier_versions_resume(tmp_path, tiny_dataset, version
 
     for name, value in expected_outputs(trainer).items():
         np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    from progan.generate import load_generator
+    from progan.generation import load_generator
 
     ema = load_generator(run_dir, "latest").model(expected["latents"]).numpy()
     np.testing.assert_allclose(ema, expected["ema_images"], rtol=1e-5, atol=1e-6)

@@ -94,7 +94,7 @@ def make_config(args, seed: int, overrides: dict):
 
 def scored_kimgs(config) -> list[float]:
     """kimg of every phase end up to the end of the run (the snapshots that are scored)."""
-    from progan.training.schedule import Schedule
+    from progan.schedule import Schedule
 
     schedule = Schedule(config.schedule, config.model.max_resolution)
     ends = [b for b in schedule.boundaries() if b < schedule.total_images] + [schedule.total_images]
@@ -121,8 +121,8 @@ def _cli(argv: list[str]) -> None:
 def score_run(run: Path, data: Path, args, config) -> dict:
     """{"K@R": swd} for every phase end (see the module docstring)."""
     from progan.dataset.reader import read_images
-    from progan.evaluation.swd import swd
-    from progan.training.schedule import Schedule
+    from progan.evaluation.sliced_wasserstein import swd
+    from progan.schedule import Schedule
 
     schedule = Schedule(config.schedule, config.model.max_resolution)
     kimgs = scored_kimgs(config)

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import scipy.ndimage
 
-from progan.evaluation.swd import sample_swd_protocol, swd_from_sampling
+from progan.evaluation.sliced_wasserstein import sample_swd_protocol, swd_from_sampling
 
 BINOMIAL = np.float32(np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256.0)
 

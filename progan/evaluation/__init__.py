@@ -1,7 +1,7 @@
 """The paper's metrics on uint8 NHWC NumPy images: SWD, MS-SSIM, FID, KID, Inception Score.
 
     from progan.evaluation import ms_ssim, fid, kid, inception_score
-    from progan.evaluation.swd import swd      # (progan.evaluation.swd is the module)
+    from progan.evaluation.sliced_wasserstein import swd      # (progan.evaluation.sliced_wasserstein is the module)
 
 The names load their modules (and TensorFlow) on first use, so importing the package is cheap.
 """
@@ -12,7 +12,8 @@ _PUBLIC = {
     "FeatureStatistics": "frechet", "cached_statistics": "frechet", "fid": "frechet",
     "frechet_distance": "frechet", "inception_score": "frechet", "kid": "frechet",
     "MS_SSIM_WEIGHTS": "msssim", "ms_ssim": "msssim",
-    "sample_swd_protocol": "swd", "swd_from_sampling": "swd",
+    "sample_swd_protocol": "sliced_wasserstein", "swd": "sliced_wasserstein",
+    "swd_from_sampling": "sliced_wasserstein",
 }
 
 __all__ = sorted(_PUBLIC)
@@ -26,3 +27,7 @@ def __getattr__(name):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'progan.evaluation' has no attribute {name!r}")
+
+
+def __dir__():
+    return list(__all__)

@@ -1,17 +1,13 @@
 """`progan evaluate | generate | interpolate | export`: argument parsing only.
 
 `progan.cli` registers these with ``add_evaluate(subparsers)`` etc.; each parser's
-``run(args, parser)`` calls `progan.evaluation.run` or `progan.generate`. Errors of the
-settings end the command with one line (``progan <command>: error: ...``) and status 2.
+``run(args, parser)`` calls the same function of `progan.api`. Errors of the settings end
+the command with one line (``progan <command>: error: ...``) and status 2.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-
-def _fail(parser, args, error) -> None:
-    parser.exit(2, f"progan {args.command}: error: {error}\n")
 
 
 def _add_snapshot(parser, default="latest"):
@@ -50,37 +46,6 @@ def _add_labels(parser, walk=False):
                              "(record order) instead of the seed's draw (default: the seed's draw)")
 
 
-def _labels_for(loaded, args, seeds, parser, walk=False):
-    """The label rows for ``seeds`` per --labels / --labels-from (None: unconditional)."""
-    from progan.images import apply_label_request, parse_label_request
-
-    if loaded.labels is None:
-        if args.labels is not None or args.labels_from is not None:
-            _fail(parser, args, "--labels: this run is not conditional (trained without labels)")
-        return None
-    table = loaded.labels
-    labels = loaded.seed_labels(seeds)
-    if args.labels_from is not None:
-        if not 0 <= args.labels_from < len(table.values):
-            _fail(parser, args, f"--labels-from {args.labels_from}: expected an index below "
-                                f"{len(table.values)} (the training images)")
-        labels[:] = table.values[args.labels_from]
-    if args.labels is None:
-        return labels
-    specs = args.labels.split(";") if walk else [args.labels]
-    if len(specs) not in (1, len(seeds)):
-        _fail(parser, args, f"--labels {args.labels}: expected one spec or one per seed "
-                            f"({len(seeds)}), separated by ';'")
-    per_seed = specs if len(specs) == len(seeds) else specs * len(seeds)
-    try:
-        for row, spec in enumerate(per_seed):
-            wanted = parse_label_request(spec, table.names)
-            labels[row:row + 1] = apply_label_request(labels[row:row + 1], wanted, table.kind)
-    except ValueError as error:
-        _fail(parser, args, error)
-    return labels
-
-
 # -- evaluate ------------------------------------------------------------------------------
 
 
@@ -116,25 +81,11 @@ def add_evaluate(subparsers):
 
 
 def run_evaluate(args, parser):
-    from progan.evaluation.registry import METRICS
-    from progan.evaluation.run import (EvaluationError, evaluate_run, make_feature_extractor,
-                                       parse_metrics)
+    from progan import api
 
-    try:
-        metrics = parse_metrics(args.metrics)
-        extractor = None
-        if any(METRICS[metric].needs_features for metric in metrics):
-            # a missing or unreadable weights file raises FileNotFoundError, ValueError or
-            # RuntimeError with a one-line message naming the flag
-            extractor = make_feature_extractor(args.feature_extractor, args.inception_weights,
-                                               args.inception_graph, progress=True)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        _fail(parser, args, error)
-    try:
-        records = evaluate_run(args.run_dir, metrics, args.num_images, args.snapshot,
-                               args.split, args.seed, extractor)
-    except EvaluationError as error:
-        _fail(parser, args, error)
+    records = api.evaluate(args.run_dir, args.metrics, args.snapshot, args.num_images,
+                           args.split, args.seed, args.feature_extractor,
+                           args.inception_weights, args.inception_graph)
     from progan.evaluation.run import PLOT_FILE
     from progan.run import RunDir
 
@@ -175,24 +126,13 @@ def add_generate(subparsers):
 
 
 def run_generate(args, parser):
-    from progan.generate import generate, load_generator
-    from progan.images import image_grid, save_png
+    from progan import api
 
-    loaded = load_generator(args.run_dir, args.snapshot, log=print)
-    labels = _labels_for(loaded, args, args.seeds, parser)
-    images = generate(loaded.model, args.seeds, args.truncation, labels=labels)
-    out = args.out
-    if out.suffix.lower() == ".png":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_png(out, image_grid(images))
-    elif out.suffix:
-        _fail(parser, args, f"--out {out}: expected a .png file name or a directory")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        for seed, image in zip(args.seeds, images):
-            save_png(out / f"seed{seed:04d}.png", image, min_size=1)
+    loaded = api.load_generator(args.run_dir, args.snapshot, log=print)
+    images = api.generate(loaded, args.seeds, args.truncation, args.labels, args.labels_from,
+                          out=args.out)
     print(f"{len(images)} images of kimg {loaded.images_seen / 1000:g} "
-          f"({loaded.stage.resolution}x{loaded.stage.resolution}) -> {out}")
+          f"({loaded.stage.resolution}x{loaded.stage.resolution}) -> {args.out}")
 
 
 # -- interpolate ---------------------------------------------------------------------------
@@ -218,22 +158,12 @@ def add_interpolate(subparsers):
 
 
 def run_interpolate(args, parser):
-    from progan.generate import interpolate, load_generator, save_animation
+    from progan import api
 
-    if len(args.seeds) < 2:
-        _fail(parser, args, f"--seeds {','.join(map(str, args.seeds))}: expected at least two seeds")
-    if args.steps < 1 or args.fps <= 0:
-        _fail(parser, args, f"--steps {args.steps} --fps {args.fps}: expected positive numbers")
-    if args.out.suffix.lower() not in (".gif", ".mp4"):
-        _fail(parser, args, f"--out {args.out}: expected a .gif or .mp4 file name")
-    loaded = load_generator(args.run_dir, args.snapshot, log=print)
-    labels = _labels_for(loaded, args, args.seeds, parser, walk=True)
-    frames = interpolate(loaded.model, args.seeds, args.steps, args.truncation, labels=labels)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        save_animation(args.out, frames, args.fps, args.size)
-    except ValueError as error:
-        _fail(parser, args, error)
+    api.check_walk(args.seeds, args.steps, args.fps, args.out)
+    loaded = api.load_generator(args.run_dir, args.snapshot, log=print)
+    frames = api.interpolate(loaded, args.seeds, args.steps, args.truncation, args.labels,
+                             args.labels_from, out=args.out, fps=args.fps, size=args.size)
     print(f"{len(frames)} frames of kimg {loaded.images_seen / 1000:g} -> {args.out}")
 
 
@@ -251,9 +181,9 @@ def add_export(subparsers):
 
 
 def run_export(args, parser):
-    from progan.generate import export
+    from progan import api
 
-    description = export(args.run_dir, args.out, args.snapshot, log=print)
+    description = api.export(args.run_dir, args.out, args.snapshot, log=print)
     print(f"kimg {description['kimg']:g} ({description['resolution']}x{description['resolution']}"
           f"{', fading' if description['fading'] else ''}) -> SavedModel {description['saved_model']} "
           f"(serving_default: latents float32 [N, {description['latent_size']}] -> images uint8), "

@@ -59,7 +59,7 @@ def register(metric: Metric) -> Metric:
 
 
 def _swd(evaluator, resolution, fakes, cache):
-    from progan.evaluation.swd import swd
+    from progan.evaluation.sliced_wasserstein import swd
 
     distances = swd(evaluator.real_images(resolution), fakes, seed=evaluator.seed)
     return {"value": distances.pop("avg"),

@@ -14,9 +14,6 @@ are compared with as many real images of the run's dataset at that resolution:
   for published numbers); the real statistics are cached in ``DATA/.cache/`` keyed by the
   level file's sha256, resolution, split, count and extractor. Lower is better.
 
-(Over 300 lines: the evaluator, best.json and metrics.png are one workflow over the same
-records.)
-
 Real images come from the ``test`` split (as in the thesis); when it has fewer than
 ``num_images`` the ``train`` split is used instead, with a one-line warning.
 
@@ -33,6 +30,7 @@ the highest resolution evaluated: values at different resolutions measure differ
 
 from __future__ import annotations
 
+import warnings
 import os
 import sys
 import time
@@ -221,7 +219,7 @@ class SnapshotEvaluator:
         """Evaluate one snapshot, append its records to metrics.jsonl, update best.json and
         metrics.png. Returns ``{metric: record}``; a metric that does not apply at the
         snapshot's resolution (MS-SSIM below 16x16) is skipped with a log line."""
-        from progan.generate import generate, load_snapshot
+        from progan.generation import generate, load_snapshot
 
         loaded = load_snapshot(self.run, images_seen, self.config, self.networks)
         stage = loaded.stage
@@ -261,6 +259,46 @@ class SnapshotEvaluator:
         return records
 
 
+def training_metrics(run_dir: Path, training) -> list:
+    """The trainer callbacks of ``training.metrics`` (none without), after checking the names:
+    during training only the registered metrics that need nothing but the data are computed
+    (FID/KID need Inception weights, which `progan evaluate` takes as flags)."""
+    usable = [name for name, metric in registry.METRICS.items() if not metric.needs_features]
+    unknown = [name for name in training.metrics if name not in usable]
+    if unknown:
+        raise EvaluationError(f"training.metrics: expected some of {', '.join(usable)} (FID/KID: "
+                              f"run progan evaluate with Inception weights), got {training.metrics!r}")
+    return [TrainingMetrics(run_dir, training)] if training.metrics else []
+
+
+class TrainingMetrics:
+    """Metrics during training (``training.metrics``), as a trainer callback: after every
+    snapshot the chief calls ``on_snapshot``, which evaluates one every ``metrics_kimg`` and
+    at the end of the schedule, logging through the trainer's reporter.
+
+    Args:
+        run_dir: the run directory.
+        training: the run's `progan.config.TrainingConfig`.
+    """
+
+    def __init__(self, run_dir: Path, training):
+        self.run_dir, self.training = Path(run_dir), training
+        self._evaluator: SnapshotEvaluator | None = None
+        self._last: int | None = None
+
+    def on_snapshot(self, images_seen: int, finished: bool, reporter) -> None:
+        due = (self._last is None or finished
+               or images_seen - self._last >= self.training.metrics_kimg * 1000)
+        if not due:
+            return
+        if self._evaluator is None:
+            self._evaluator = SnapshotEvaluator(
+                self.run_dir, self.training.metrics, num_images=self.training.metrics_num_images,
+                seed=self.training.seed, log=reporter.log, scalars=reporter.scalars)
+        self._evaluator.evaluate(images_seen)
+        self._last = images_seen
+
+
 def evaluate_snapshot(run_dir: Path, images_seen: int, metrics=("swd",), num_images: int = 2048,
                       split: str = "test", seed: int = 0, feature_extractor=None,
                       log: Callable[[str], None] = print) -> dict[str, dict]:
@@ -279,7 +317,7 @@ def evaluate_run(run_dir: Path, metrics=("swd",), num_images: int = 2048,
     log(f"evaluating {len(chosen)} snapshot(s) at kimg "
         + ", ".join(f"{seen / 1000:g}" for seen in chosen))
     evaluator = SnapshotEvaluator(run_dir, metrics, num_images, split, seed, feature_extractor, log)
-    from progan.training.report import duration
+    from progan.system import duration
 
     records, started = [], time.time()
     for number, images_seen in enumerate(chosen, 1):
@@ -336,7 +374,7 @@ def plot_metrics(run_dir: Path) -> Path | None:
     """``RUN/metrics.png``: each metric against kimg (the latest record per snapshot, one line
     per number of images / split / extractor), stage boundaries dotted, the reals' MS-SSIM
     dashed. Returns the path, or None when there are no records."""
-    from progan.training.schedule import Schedule
+    from progan.schedule import Schedule
 
     run = RunDir(run_dir)
     records = run.read_metrics()
@@ -348,7 +386,7 @@ def plot_metrics(run_dir: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     config = run.read().config
-    boundaries = [b / 1000 for b in Schedule(config.schedule, config.model.max_resolution).boundaries()]
+    boundaries = [b / 1000 for b in Schedule.of(config).boundaries()]
     metrics = list(dict.fromkeys(record["metric"] for record in records))
     figure, axes = plt.subplots(len(metrics), 1, figsize=(9, 2.8 * len(metrics) + 0.6),
                                 sharex=True, squeeze=False)
@@ -384,7 +422,9 @@ def plot_metrics(run_dir: Path) -> Path | None:
         axis.legend(loc="upper right", fontsize="small")
     axes[-1, 0].set_xlabel("kimg")
     figure.suptitle(f"{Path(run_dir).name}: metrics of the EMA generator (dotted: stage boundaries)")
-    figure.tight_layout()
+    with warnings.catch_warnings():  # a narrow figure cannot always fit its labels: fine
+        warnings.simplefilter("ignore", UserWarning)
+        figure.tight_layout()
     path = Path(run_dir) / PLOT_FILE
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -6,25 +6,25 @@
 
 `Trainer.train` reads top to bottom in phases; the variables live in
 `progan.training.state.TrainingState`, the compiled step in `progan.training.step`, the run
-directory in `progan.run.RunDir`. Constructing a trainer writes nothing. (Over 300 lines:
-the loop with what it calls each tick and snapshot, kept in one place to read in order.)
+directory in `progan.run.RunDir`, tick timing and the ETA in `progan.training.report`.
+Constructing a trainer writes nothing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import signal
 import time
 from pathlib import Path
 
 from progan.backend import keras, tf
+from progan.checkpoints import read_snapshot
 from progan.config import Config, TrainingConfig
 from progan.images import format_seeds, image_grid, save_png, seed_labels, seed_latents
 from progan.run import FormatError, RunDir, RunError
 from progan.training import distribute, state as states
-from progan.training.report import Reporter, duration, memory_gib, plot_curves, startup_summary
-from progan.training.schedule import Schedule, Stage
+from progan.training.report import Reporter, TickClock, TickTimer, plot_curves, startup_summary
+from progan.schedule import Schedule, Stage
 from progan.training.step import StepStats, build_step
 
 # A stop request (SIGTERM/SIGINT) is seen between compiled calls; calls are shortened to
@@ -50,28 +50,14 @@ def configure_process(training: TrainingConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def check_batches(config: Config, strategy) -> None:
+def check_batches(config: Config, strategy, schedule: Schedule) -> None:
     """Every stage's batch splits over the replicas and each slice over minibatch-stddev groups."""
-    schedule = Schedule(config.schedule, config.model.max_resolution)
     for stage in schedule.stages():
         try:
             distribute.check_global_batch(strategy, stage.batch_size, config.model.mbstd_group_size)
         except distribute.DistributeError as error:
             raise TrainingError(f"--batch {stage.batch_size} at {stage.resolution}x"
                                 f"{stage.resolution}: {error}") from None
-
-
-@dataclasses.dataclass
-class TickClock:
-    """Where the time of one tick went: compiling (the first call of a stage traces it),
-    training, and maintenance (snapshots, grids, metrics)."""
-
-    start_images: int
-    start_time: float = dataclasses.field(default_factory=time.time)
-    compile: float = 0.0
-    train: float = 0.0
-    train_images: int = 0
-    maintenance: float = 0.0
 
 
 class Trainer:
@@ -82,17 +68,21 @@ class Trainer:
         data: the prepared dataset directory.
         run_dir: where snapshots, logs and images go (a path or a `RunDir`).
         strategy: a `tf.distribute.Strategy` (default: ``config.training.strategy``).
+        schedule: the run's `Schedule` (default: built from ``config``).
+        callbacks: objects with ``on_snapshot(images_seen, finished, reporter)``, called on
+            the chief after every snapshot (metrics during training are one, added by the entry point
+            that wires the run).
     """
 
-    def __init__(self, config: Config, data: Path, run_dir, strategy=None):
+    def __init__(self, config: Config, data: Path, run_dir, strategy=None,
+                 schedule: Schedule | None = None, callbacks=()):
         configure_process(config.training)
         self.config, self.data = config, Path(data)
         self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.run_dir = self.run.path
         self.strategy = strategy or distribute.make_strategy(config.training.strategy)
         self.chief = distribute.is_chief(self.strategy)
-        self.schedule = Schedule(config.schedule, config.model.max_resolution)
-        check_batches(config, self.strategy)
+        self.schedule = schedule or Schedule.of(config)
         self.state = states.TrainingState(config, self.strategy)
         self.labels = self._load_labels() if config.model.label_size else None
         with self.strategy.scope():
@@ -101,14 +91,10 @@ class Trainer:
         # fakes*.png show seeds 0 .. grid_size^2 - 1 (`progan generate --seeds` draws them again)
         self.grid_seeds = list(range(config.training.grid_size ** 2))
         self.next_tick = 0
-        self._sec_per_kimg: dict[int, float] = {}  # training speed measured per resolution
-        self._elapsed_before = 0.0  # training time of earlier sessions of this run
-        self._session_start = time.time()
-        self._estimated = False
+        self.timer = TickTimer(self.schedule)
+        self.callbacks = list(callbacks)
         self._steps: dict = {}
         self._stop_requested = False
-        self._last_metrics = None
-        self._evaluator = None
 
     def _load_labels(self):
         """A conditional run's training labels: from the data set, checked against the
@@ -183,7 +169,9 @@ class Trainer:
         self.reporter.images("fakes", grid, images_seen)
         plot_curves(self.run, self.schedule.stages())
         self.reporter.log(f"snapshot {written.name} at kimg {images_seen / 1000:.1f}")
-        self._evaluate_if_due(images_seen)
+        finished = self.schedule.is_finished(images_seen)
+        for callback in self.callbacks:
+            callback.on_snapshot(images_seen, finished, self.reporter)
 
     def restore(self, images_seen: int | None = None, run: RunDir | None = None) -> int:
         """Load a full snapshot of ``run`` (default: this run) and return its images seen.
@@ -200,11 +188,11 @@ class Trainer:
             chosen = [s for s in snapshots if s.images_seen == images_seen]
             if not chosen:
                 raise TrainingError(f"{run.path}: no full snapshot at kimg {images_seen / 1000:g}")
-            states.read_snapshot(chosen[0], self.state.readable_formats)
+            read_snapshot(chosen[0], self.state.readable_formats)
             return images_seen
         for snapshot in reversed(snapshots):
             try:
-                states.read_snapshot(snapshot, self.state.readable_formats)
+                read_snapshot(snapshot, self.state.readable_formats)
             except FormatError:
                 raise
             except RunError as error:
@@ -321,29 +309,18 @@ class Trainer:
 
     def _tick(self, tick, stage: Stage, images_seen: int, clock: TickClock) -> dict:
         means = self.stats.take()
-        elapsed = max(time.time() - clock.start_time, 1e-9)
-        sec_per_kimg = (clock.train / (clock.train_images / 1000) if clock.train_images
-                        else elapsed / max((images_seen - clock.start_images) / 1000, 1e-9))
-        if clock.train_images:
-            self._sec_per_kimg[stage.resolution] = sec_per_kimg
         current = self.schedule.stage_at(min(images_seen, self.schedule.total_images - 1))
-        elapsed_total = self._elapsed_before + time.time() - self._session_start
         stats = {
             "tick": tick, "kimg": images_seen / 1000, "images_seen": images_seen,
             "total_kimg": self.schedule.total_kimg,
             "resolution": stage.resolution, "phase": stage.phase, "fading": stage.fading,
             "alpha": current.alpha if current.index == stage.index else 1.0,
             **{name: means[name] for name in ("loss_d", "penalty", "loss_g", "wasserstein")},
-            "sec_per_tick": elapsed, "sec_per_kimg": sec_per_kimg,
-            "images_per_sec": (images_seen - clock.start_images) / elapsed,
-            "compile_sec": clock.compile, "maintenance_sec": clock.maintenance,
-            "elapsed_sec": elapsed_total, "elapsed_hours": elapsed_total / 3600,
-            "eta_sec": self._eta(images_seen), "memory_gib": memory_gib(),
+            **self.timer.finish(clock, stage, images_seen),
             "skipped_steps": int(self.state.skipped_steps.numpy()),
             "loss_scale": float(self.state.loss_scale.scale.numpy()),
             "g_lr": stage.g_lr, "d_lr": stage.d_lr,
         }
-        stats["eta_hours"] = stats["eta_sec"] / 3600
         if self.config.model.label_size:  # the label cross-entropy of reals + fakes (D side)
             stats["label_penalty"] = means["label_penalty"]
         if self.config.loss.augment:  # the augmentation strength (and r_t when adaptive)
@@ -351,43 +328,17 @@ class Trainer:
             if self.config.loss.augment_target is not None:
                 stats["augment_rt"] = float(self.state.augment["augment_rt"].numpy())
         self.reporter.tick(stats)
-        if not self._estimated and clock.train_images:
-            self._estimated = True
-            self.reporter.log(f"estimated time to the end: {duration(stats['eta_sec'])} (from "
-                              f"{clock.train_images} images at {stage.resolution}x"
-                              f"{stage.resolution}; every tick line updates it)")
+        first_estimate = self.timer.first_estimate(clock, stage, stats)
+        if first_estimate:
+            self.reporter.log(first_estimate)
         return stats
-
-    def _eta(self, images_seen: int) -> float:
-        """Seconds of training left: each remaining stage at the speed measured at its
-        resolution; a resolution not reached yet at the highest measured speed scaled by
-        (pixels ratio)^k, with k fitted to the two highest measured resolutions (1 until
-        there are two: small networks grow slower than their pixel count)."""
-        if not self._sec_per_kimg:
-            return 0.0
-        measured = sorted(self._sec_per_kimg)
-        top = measured[-1]
-        exponent = 1.0
-        if len(measured) > 1:
-            below = measured[-2]
-            ratio = self._sec_per_kimg[top] / self._sec_per_kimg[below]
-            exponent = min(max(math.log(max(ratio, 1e-9)) / math.log((top / below) ** 2), 0.25), 1.0)
-        seconds = 0.0
-        for stage in self.schedule.stages():
-            left = (min(stage.end_images, self.schedule.total_images)
-                    - max(stage.start_images, images_seen)) / 1000
-            if left > 0:
-                speed = self._sec_per_kimg.get(
-                    stage.resolution, self._sec_per_kimg[top] * ((stage.resolution / top) ** 2) ** exponent)
-                seconds += left * speed
-        return seconds
 
     def _summarise(self) -> None:
         """The start-up summary: in the log, on stdout and as TensorBoard text."""
         from progan.config import PRESETS
 
         previous = self.run.read_stats()
-        self._elapsed_before = previous[-1].get("elapsed_sec", 0.0) if previous else 0.0
+        self.timer.elapsed_before = previous[-1].get("elapsed_sec", 0.0) if previous else 0.0
         lines = startup_summary(self.config, self.data, self.strategy, self.run_dir, PRESETS)
         for line in lines:
             self.reporter.log(line)
@@ -395,25 +346,6 @@ class Trainer:
                            + "\n\n```json\n" + self.config.to_json() + "\n```")
 
     # -- around the loop ---------------------------------------------------------------------
-
-    def _evaluate_if_due(self, images_seen: int) -> None:
-        """`--metrics` during training: evaluate snapshots every ``metrics_kimg`` (chief only)."""
-        training = self.config.training
-        if not training.metrics:
-            return
-        due = self._last_metrics is None or images_seen - self._last_metrics >= training.metrics_kimg * 1000 \
-            or self.schedule.is_finished(images_seen)
-        if not due:
-            return
-        if self._evaluator is None:
-            from progan.evaluation.run import SnapshotEvaluator
-
-            self._evaluator = SnapshotEvaluator(self.run_dir, training.metrics,
-                                                num_images=training.metrics_num_images,
-                                                seed=training.seed, log=self.reporter.log,
-                                                scalars=self.reporter.scalars)
-        self._evaluator.evaluate(images_seen)
-        self._last_metrics = images_seen
 
     def _save_reals(self) -> None:
         path = self.run_dir / "reals.png"

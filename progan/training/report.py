@@ -7,12 +7,17 @@ terminal.
 
 from __future__ import annotations
 
+import warnings
+import dataclasses
+import math
 import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from progan.system import duration
 
 
 def memory_gib() -> float:
@@ -26,6 +31,85 @@ def memory_gib() -> float:
     except (ValueError, RuntimeError):
         pass
     return peak
+
+
+@dataclasses.dataclass
+class TickClock:
+    """Where the time of one tick went: compiling (the first call of a stage traces it),
+    training, and maintenance (snapshots, grids, metrics)."""
+
+    start_images: int
+    start_time: float = dataclasses.field(default_factory=time.time)
+    compile: float = 0.0
+    train: float = 0.0
+    train_images: int = 0
+    maintenance: float = 0.0
+
+
+class TickTimer:
+    """The timing fields of every tick line and the time left to the end of the schedule.
+
+    Args:
+        schedule: the run's `progan.schedule.Schedule`.
+    Attributes:
+        elapsed_before: training seconds of earlier sessions of this run (from stats.jsonl).
+        sec_per_kimg: training speed measured per resolution.
+    """
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+        self.elapsed_before = 0.0
+        self.sec_per_kimg: dict[int, float] = {}
+        self._session_start = time.time()
+        self._estimated = False
+
+    def finish(self, clock: TickClock, stage, images_seen: int) -> dict:
+        """The timing statistics of the tick that ``clock`` measured, ending at ``images_seen``."""
+        elapsed = max(time.time() - clock.start_time, 1e-9)
+        sec_per_kimg = (clock.train / (clock.train_images / 1000) if clock.train_images
+                        else elapsed / max((images_seen - clock.start_images) / 1000, 1e-9))
+        if clock.train_images:
+            self.sec_per_kimg[stage.resolution] = sec_per_kimg
+        elapsed_total = self.elapsed_before + time.time() - self._session_start
+        eta = self.seconds_left(images_seen)
+        return {"sec_per_tick": elapsed, "sec_per_kimg": sec_per_kimg,
+                "images_per_sec": (images_seen - clock.start_images) / elapsed,
+                "compile_sec": clock.compile, "maintenance_sec": clock.maintenance,
+                "elapsed_sec": elapsed_total, "elapsed_hours": elapsed_total / 3600,
+                "eta_sec": eta, "eta_hours": eta / 3600, "memory_gib": memory_gib()}
+
+    def first_estimate(self, clock: TickClock, stage, stats: dict) -> str | None:
+        """The log line of the first estimate of the time left (once per session)."""
+        if self._estimated or not clock.train_images:
+            return None
+        self._estimated = True
+        return (f"estimated time to the end: {duration(stats['eta_sec'])} (from "
+                f"{clock.train_images} images at {stage.resolution}x{stage.resolution}; "
+                "every tick line updates it)")
+
+    def seconds_left(self, images_seen: int) -> float:
+        """Seconds of training left: each remaining stage at the speed measured at its
+        resolution; a resolution not reached yet at the highest measured speed scaled by
+        (pixels ratio)^k, with k fitted to the two highest measured resolutions (1 until
+        there are two: small networks grow slower than their pixel count)."""
+        if not self.sec_per_kimg:
+            return 0.0
+        measured = sorted(self.sec_per_kimg)
+        top = measured[-1]
+        exponent = 1.0
+        if len(measured) > 1:
+            below = measured[-2]
+            ratio = self.sec_per_kimg[top] / self.sec_per_kimg[below]
+            exponent = min(max(math.log(max(ratio, 1e-9)) / math.log((top / below) ** 2), 0.25), 1.0)
+        seconds = 0.0
+        for stage in self.schedule.stages():
+            left = (min(stage.end_images, self.schedule.total_images)
+                    - max(stage.start_images, images_seen)) / 1000
+            if left > 0:
+                speed = self.sec_per_kimg.get(
+                    stage.resolution, self.sec_per_kimg[top] * ((stage.resolution / top) ** 2) ** exponent)
+                seconds += left * speed
+        return seconds
 
 
 class Reporter:
@@ -144,16 +228,6 @@ TENSORBOARD_TAGS = {
 }
 
 
-def duration(seconds: float) -> str:
-    """``3725`` -> ``"1h 02m"``; ``75`` -> ``"1m 15s"``."""
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours >= 24:
-        return f"{hours // 24}d {hours % 24:02d}h"
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
-
-
 def format_tick(stats: dict) -> str:
     """One tick line: where the run is, its losses, its speed and when it will end."""
     alpha = f" alpha {stats['alpha']:.3f}" if stats.get("fading") else ""
@@ -205,7 +279,9 @@ def plot_curves(run, stages) -> Path | None:
                             xytext=(2, -2), textcoords="offset points", fontsize="x-small",
                             va="top", color="dimgrey")
     figure.suptitle(f"{run.path.name}: training curves (dotted: a new stage starts)")
-    figure.tight_layout()
+    with warnings.catch_warnings():  # a narrow figure cannot always fit its labels: fine
+        warnings.simplefilter("ignore", UserWarning)
+        figure.tight_layout()
     path = run.path / "curves.png"
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -216,7 +292,7 @@ def startup_summary(config, data, strategy, run_path, presets: dict) -> list[str
     """The lines a run prints before it trains: what it is, on what, with what, for how long."""
     from progan.dataset.reader import open_dataset
     from progan.run import data_fingerprint
-    from progan.training.schedule import Schedule
+    from progan.schedule import Schedule
 
     nearest = min(presets, key=lambda name: len(presets[name]().diff(config)))
     differences = presets[nearest]().diff(config)

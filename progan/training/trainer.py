@@ -20,18 +20,18 @@ from progan.run import RunDir, RunInfo, data_fingerprint
 from progan.training import distribute
 from progan.training.loop import Trainer, TrainingError, check_batches
 from progan.training.report import Reporter
-from progan.training.schedule import Schedule
+from progan.schedule import Schedule
 
 __all__ = ["Trainer", "TrainingError", "check_batches", "check_data", "conditional_config",
            "finetune", "resume", "train"]
 
 
-def check_data(data: Path, config: Config) -> str:
+def check_data(data: Path, config: Config, schedule: Schedule) -> str:
     """The data set has every level the config trains on; returns its fingerprint."""
     from progan.dataset.reader import open_dataset
 
     info = open_dataset(data)
-    needed = Schedule(config.schedule, config.model.max_resolution).stages()
+    needed = schedule.stages()
     missing = sorted({stage.resolution for stage in needed} - set(info.level_files))
     if missing:
         raise TrainingError(f"--data {data}: has no {missing[0]}x{missing[0]} level, which the "
@@ -63,7 +63,7 @@ def _check_new_run_dir(run: RunDir, flag: str) -> None:
 
 
 def _matching_data(run: RunDir, info: RunInfo, data: Path | None, allow_different: bool,
-                   log) -> RunInfo:
+                   log, schedule: Schedule) -> RunInfo:
     """The run's data set, or ``data`` when it is a moved copy (same fingerprint) or the user
     allowed a different one; config.json is updated to the data actually used."""
     if data is None:
@@ -71,7 +71,7 @@ def _matching_data(run: RunDir, info: RunInfo, data: Path | None, allow_differen
         if not data.is_dir():
             raise TrainingError(f"{run.config_file}: its data set {data} is gone; point to where "
                                 f"it is now with: progan resume {run.path} --data DIR")
-    fingerprint = check_data(data, info.config)
+    fingerprint = check_data(data, info.config, schedule)
     if info.data_fingerprint is not None and fingerprint != info.data_fingerprint:
         if not allow_different:
             raise TrainingError(
@@ -89,14 +89,17 @@ def _matching_data(run: RunDir, info: RunInfo, data: Path | None, allow_differen
 # -- run-level entry points (what the CLI calls) ----------------------------------------------
 
 
-def train(config: Config, data: Path, run_dir: Path, strategy=None) -> dict:
-    """Start a run in ``run_dir``, or continue it when it exists with the same config and data."""
+def train(config: Config, data: Path, run_dir: Path, strategy=None, callbacks=()) -> dict:
+    """Start a run in ``run_dir``, or continue it when it exists with the same config and data.
+
+    ``callbacks``: see `Trainer` (called on the chief after every snapshot)."""
     run = RunDir(run_dir)
+    schedule = Schedule.of(config)
     strategy = strategy or distribute.make_strategy(config.training.strategy)
-    check_batches(config, strategy)
-    fingerprint = check_data(data, config)
+    check_batches(config, strategy, schedule)
+    fingerprint = check_data(data, config, schedule)
     if not distribute.is_chief(strategy):  # workers write nothing; the chief checks and writes
-        return _train(config, data, run, strategy)
+        return _train(config, data, run, strategy, schedule, callbacks)
     if run.exists():
         info = run.read()
         differences = info.config.diff(config)
@@ -111,37 +114,62 @@ def train(config: Config, data: Path, run_dir: Path, strategy=None) -> dict:
             raise TrainingError(
                 f"--data {data}: a different data set (fingerprint {fingerprint}) from the one "
                 f"{run.path} trains on ({info.data_fingerprint}, {info.data}); choose another --out")
-        return resume(run.path, data, strategy=strategy)
+        return resume(run.path, data, strategy=strategy, callbacks=callbacks)
     _check_new_run_dir(run, "--out")
     with run.lock("progan train"):
         if run.exists():
             raise TrainingError(f"--out {run.path}: another process started this run just now")
         run.write(RunInfo(config, Path(data).resolve(), fingerprint))
-        return _train(config, data, run, strategy)
+        return _train(config, data, run, strategy, schedule, callbacks)
 
 
 def resume(run_dir: Path, data: Path | None = None, allow_different_data: bool = False,
-           strategy=None) -> dict:
-    """Continue a run from its newest readable snapshot; ``data``: where its data set is now."""
+           strategy=None, callbacks=(), total_kimg: float | None = None) -> dict:
+    """Continue a run from its newest readable snapshot; ``data``: where its data set is now;
+    ``total_kimg``: train it to this many kimg instead (recorded in config.json)."""
     run = RunDir(run_dir)
     info = run.read()
-    strategy = strategy or distribute.make_strategy(info.config.training.strategy)
-    check_batches(info.config, strategy)
+    config = info.config if total_kimg is None else _extended(run, info.config, total_kimg)
+    schedule = Schedule.of(config)
+    strategy = strategy or distribute.make_strategy(config.training.strategy)
+    check_batches(config, strategy, schedule)
     if not distribute.is_chief(strategy):
-        return _train(info.config, data or info.data, run, strategy)
+        return _train(config, data or info.data, run, strategy, schedule, callbacks)
     with run.lock("progan resume"):
-        info = _matching_data(run, run.read(), data, allow_different_data, Reporter(run).warn)
-        return _train(info.config, info.data, run, strategy)
+        info = run.read()
+        if config != info.config:
+            Reporter(run).log(f"the run now ends at kimg {schedule.total_kimg:g} (was "
+                              f"{Schedule.of(info.config).total_kimg:g}), as --total-kimg says")
+            info = dataclasses.replace(info, config=config)
+            run.write(info)
+        info = _matching_data(run, info, data, allow_different_data, Reporter(run).warn,
+                              schedule)
+        return _train(info.config, info.data, run, strategy, schedule, callbacks)
 
 
-def _train(config: Config, data: Path, run: RunDir, strategy) -> dict:
-    trainer = Trainer(config, data, run, strategy)
+def _extended(run: RunDir, config: Config, total_kimg: float) -> Config:
+    """``config`` ending at ``total_kimg``: later than the newest snapshot of the run."""
+    import math
+
+    if not (isinstance(total_kimg, (int, float)) and math.isfinite(total_kimg) and total_kimg > 0):
+        raise TrainingError(f"--total-kimg {total_kimg}: expected a positive number of kimg")
+    snapshots = run.snapshots("full")
+    reached = snapshots[-1].images_seen / 1000 if snapshots else 0.0
+    if total_kimg <= reached:
+        raise TrainingError(f"--total-kimg {total_kimg:g}: {run.path} is already at kimg "
+                            f"{reached:g}; expected more")
+    return config.replace(**{"schedule.total_kimg": float(total_kimg)})
+
+
+def _train(config: Config, data: Path, run: RunDir, strategy, schedule: Schedule,
+           callbacks) -> dict:
+    trainer = Trainer(config, data, run, strategy, schedule, callbacks)
     if run.snapshots("full"):
         trainer.restore()
     return trainer.train()
 
 
-def check_finetune_data(data: Path, config: Config, start: int) -> str:
+def check_finetune_data(data: Path, config: Config, start: int, schedule: Schedule) -> str:
     """A data set to fine-tune on from images seen ``start``: the model's channel count and
     every level the stages from there to the end of the (fine-tuning) schedule train on; its
     maximum resolution may be lower than the model's. Returns its fingerprint."""
@@ -152,7 +180,6 @@ def check_finetune_data(data: Path, config: Config, start: int) -> str:
     if channels != config.model.num_channels:
         raise TrainingError(f"--data {data}: has {channels}-channel images, expected "
                             f"{config.model.num_channels} (the model's num_channels)")
-    schedule = Schedule(config.schedule, config.model.max_resolution)
     stage = schedule.stage_at(start)
     needed = sorted({s.resolution for s in schedule.stages() if s.end_images > start})
     missing = [r for r in needed if r not in info.level_files]
@@ -170,7 +197,7 @@ def check_finetune_data(data: Path, config: Config, start: int) -> str:
 
 def finetune(run_dir: Path, out: Path, snapshot: str = "latest", lr_scale: float = 0.8,
              kimg: float = 100.0, reset_optimizer: bool = False, strategy=None,
-             data: Path | None = None, overrides: dict | None = None) -> dict:
+             data: Path | None = None, overrides: dict | None = None, callbacks=()) -> dict:
     """Continue from a full snapshot's state at ``lr_scale`` times the learning rates for
     ``kimg`` more kimg, in a new run directory whose config.json records where it came from.
 
@@ -198,23 +225,24 @@ def finetune(run_dir: Path, out: Path, snapshot: str = "latest", lr_scale: float
     config = dataclasses.replace(base, schedule=schedule)
     if overrides:
         config = config.replace(**overrides)
+    schedule = Schedule.of(config)
     strategy = strategy or distribute.make_strategy(config.training.strategy)
-    check_batches(config, strategy)
+    check_batches(config, strategy, schedule)
     origin = {"run": str(source.path.resolve()), "images_seen": start, "kimg": start / 1000,
               "snapshot": snapshot, "lr_scale": lr_scale, "reset_optimizer": reset_optimizer,
               "data_fingerprint": info.data_fingerprint}
     if data is None:
         if not info.data.is_dir():
             raise TrainingError(f"{source.config_file}: its data set {info.data} is gone")
-        data, fingerprint = info.data, check_data(info.data, config)
+        data, fingerprint = info.data, check_data(info.data, config, schedule)
     else:
         data = Path(data).resolve()
-        fingerprint = check_finetune_data(data, config, start)
+        fingerprint = check_finetune_data(data, config, start, schedule)
         origin.update({"source_data": str(info.data), "new_data": str(data),
                        "new_data_fingerprint": fingerprint})
     with target.lock("progan finetune"):
         target.write(RunInfo(config, data, fingerprint, origin))
-        trainer = Trainer(config, data, target, strategy)
+        trainer = Trainer(config, data, target, strategy, schedule, callbacks)
         trainer.restore(start, run=source)
         trainer.state.optimizer_stage.assign(trainer.schedule.stage_at(start).index)
         if reset_optimizer:

@@ -23,13 +23,13 @@ from typing import NamedTuple
 import numpy as np
 
 from progan.backend import keras, tf
+from progan.checkpoints import read_ema
 from progan.config import Config
 from progan.networks import ProGAN
 from progan.images import enlarge, generator_inputs, seed_labels, seed_latents, to_uint8
-from progan.training.schedule import Schedule, Stage
+from progan.schedule import Schedule, Stage
 from progan.errors import ProganError
 from progan.run import RunDir
-from progan.training.state import read_ema
 
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "generator.keras"
@@ -86,7 +86,7 @@ def load_snapshot(run_dir: Path | RunDir, images_seen: int, config: Config,
     if networks is None:
         networks = ProGAN(config.model, with_discriminator=False)
     read_ema(snapshot, networks)
-    stage = Schedule(config.schedule, config.model.max_resolution).stage_at(images_seen)
+    stage = Schedule.of(config).stage_at(images_seen)
     networks.set_alpha(stage.alpha)
     return LoadedGenerator(networks.generator(stage.resolution, stage.fading), stage, config,
                            images_seen, run.read_labels() if config.model.label_size else None)

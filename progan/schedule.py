@@ -51,6 +51,11 @@ class Schedule:
         max_resolution: the model's top resolution.
     """
 
+    @classmethod
+    def of(cls, config) -> "Schedule":
+        """The schedule of a whole `progan.config.Config` (its schedule and top resolution)."""
+        return cls(config.schedule, config.model.max_resolution)
+
     def __init__(self, config: ScheduleConfig, max_resolution: int):
         config.validate()
         self.config = config

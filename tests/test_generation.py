@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 from run_fixtures import command_parser, tiny_run  # noqa: F401  (fixture)
 
-from progan import generate as gen
+from progan import generation as gen
 from progan.evaluation import cli
 from progan.images import format_seeds, parse_seeds, seed_latents
 from progan.run import RunDir, RunError

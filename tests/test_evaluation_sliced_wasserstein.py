@@ -7,7 +7,7 @@ import scipy.ndimage
 
 import tensorflow as tf
 
-from progan.evaluation.swd import (pyramid_resolutions, sample_swd_protocol,
+from progan.evaluation.sliced_wasserstein import (pyramid_resolutions, sample_swd_protocol,
                                    sum_of_sorted_differences, swd, swd_from_sampling)
 
 BINOMIAL = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256.0

@@ -1,0 +1,85 @@
+"""The Python API: names that mean one thing, and the functions the commands call."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, TINY_CONFIG
+from run_fixtures import copy_run, tiny_run  # noqa: F401  (a session fixture)
+
+import progan
+from progan import api
+from progan.config import Config
+
+
+def test_no_public_name_changes_meaning_when_every_submodule_is_imported():
+    code = """
+import importlib, pkgutil, types, sys
+import progan, progan.evaluation
+packages = {"progan": progan, "progan.evaluation": progan.evaluation}
+before = {(p, n): getattr(m, n) for p, m in packages.items() for n in m.__all__}
+assert not any(isinstance(v, types.ModuleType) for v in before.values()), before
+for info in pkgutil.walk_packages(progan.__path__, "progan."):
+    if not info.name.endswith("__main__"):
+        importlib.import_module(info.name)
+changed = [f"{p}.{n}" for (p, n), v in before.items() if getattr(packages[p], n) is not v]
+print("changed:", changed)
+print("dir:", sorted(set(progan.__all__) - set(dir(progan))),
+      sorted(set(progan.evaluation.__all__) - set(dir(progan.evaluation))))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "changed: []" in result.stdout and "dir: [] []" in result.stdout, result.stdout
+
+
+def test_the_operations_of_the_commands_are_top_level_functions():
+    for name in ("train", "resume", "finetune", "evaluate", "load_generator", "generate",
+                 "interpolate", "export"):
+        function = getattr(progan, name)
+        assert callable(function) and function is getattr(api, name), name
+    from progan.evaluation import fid, kid, ms_ssim, swd
+
+    assert all(callable(f) for f in (swd, ms_ssim, fid, kid))
+
+
+def test_keyword_overrides_are_the_commands_flags():
+    config = api.make_config("demo", total_kimg=4, batch=8, augment="translation,color",
+                             xla=True, lr=0.003)
+    assert config.schedule.total_kimg == 4 and config.schedule.batch_size == 8
+    assert config.loss.augment == ("translation", "color") and config.training.xla
+    assert config.schedule.g_lr == config.schedule.d_lr == 0.003
+    assert config.schedule.lr_by_resolution == {}
+    with pytest.raises(api.ApiError, match="totl_kimg: not a setting"):
+        api.make_config("demo", totl_kimg=4)
+    with pytest.raises(api.ApiError, match="--out: required with --data"):
+        api.train(data=REPO)
+
+
+def test_generate_interpolate_from_a_run_and_from_a_loaded_generator(tiny_run, tmp_path):
+    loaded = progan.load_generator(tiny_run, "latest")
+    images = progan.generate(loaded, range(4))
+    again = progan.generate(tiny_run, "0-3")
+    assert images.dtype == np.uint8 and images.shape == (4, 8, 8, 3)
+    np.testing.assert_array_equal(images, again)
+    progan.generate(loaded, [0, 1], out=tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    frames = progan.interpolate(loaded, [1, 2], steps=3, out=tmp_path / "walk.gif")
+    assert frames.shape == (4, 8, 8, 3) and (tmp_path / "walk.gif").is_file()
+    with pytest.raises(api.ApiError, match="expected at least two seeds"):
+        progan.interpolate(loaded, [1])
+    with pytest.raises(api.ApiError, match="not conditional"):
+        progan.generate(loaded, [0], labels="Smiling")
+
+
+def test_resume_extends_a_finished_run(tiny_run, tmp_path):
+    from progan.run import RunDir
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    finished = RunDir(run).snapshots("full")[-1].images_seen
+    with pytest.raises(progan.ProganError, match="already at kimg"):
+        progan.resume(run, total_kimg=finished / 1000)
+    result = progan.resume(run, total_kimg=0.7)
+    assert result["images_seen"] >= 700 and not result["stopped"]
+    assert RunDir(run).read().config.schedule.total_kimg == 0.7
+    assert Config.from_dict(TINY_CONFIG).schedule.total_kimg is None
