@@ -85,7 +85,8 @@ def train_classifier(images, labels, held_images, held_labels, kind: str, seed: 
         f"{images.shape[1]}x{images.shape[1]} ({steps} steps of {BATCH})")
     batches = (tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
                .shuffle(len(images), seed=seed).repeat().batch(BATCH))
-    model.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
+    model.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0,
+              shuffle=False)  # the data set shuffles itself
     accuracy = agreement(predict(model, held_images, kind), held_labels, kind)
     return model, accuracy
 

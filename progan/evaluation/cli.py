@@ -10,6 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _one_line(run):
+    """A command's ``run`` that ends any `ProganError` with one line and status 2 (as
+    `progan.cli.main` does, for callers that use a parser directly)."""
+    def command(args, parser):
+        from progan.errors import ProganError
+
+        try:
+            return run(args, parser)
+        except ProganError as error:
+            parser.exit(2, f"progan {args.command}: error: {error}\n")
+
+    return command
+
+
 def _add_snapshot(parser, default="latest"):
     parser.add_argument("--snapshot", default=default,
                         help=f"latest | best | best:METRIC | KIMG (default {default})")
@@ -76,7 +90,7 @@ def add_evaluate(subparsers):
                              "original FID code used (default: none)")
     parser.add_argument("--inception-weights", default=None,
                         help="Keras InceptionV3 weights file, or 'imagenet' to download (default: none)")
-    parser.set_defaults(run=run_evaluate)
+    parser.set_defaults(run=_one_line(run_evaluate))
     return parser
 
 
@@ -121,7 +135,7 @@ def add_generate(subparsers):
     _add_snapshot(parser)
     parser.add_argument("--out", type=Path, required=True,
                         help="grid.png (one grid image) or a directory (seedNNNN.png per image)")
-    parser.set_defaults(run=run_generate)
+    parser.set_defaults(run=_one_line(run_generate))
     return parser
 
 
@@ -153,7 +167,7 @@ def add_interpolate(subparsers):
     _add_snapshot(parser)
     parser.add_argument("--out", type=Path, required=True,
                         help="walk.gif (or walk.mp4 with imageio-ffmpeg installed)")
-    parser.set_defaults(run=run_interpolate)
+    parser.set_defaults(run=_one_line(run_interpolate))
     return parser
 
 
@@ -176,7 +190,7 @@ def add_export(subparsers):
     parser.add_argument("run_dir", type=Path, help="run directory")
     _add_snapshot(parser)
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.set_defaults(run=run_export)
+    parser.set_defaults(run=_one_line(run_export))
     return parser
 
 
