@@ -43,10 +43,11 @@ class TrainingState:
             for ema, source in zip(self.ema_variables, self.generator_variables):
                 ema.assign(source)
             adam = config.optimizer
+            # learning rate 0 until the compiled step writes the stage's (its one writer)
             self.g_optimizer, self.d_optimizer = (
-                keras.optimizers.Adam(learning_rate=lr, beta_1=adam.beta1, beta_2=adam.beta2,
+                keras.optimizers.Adam(learning_rate=0.0, beta_1=adam.beta1, beta_2=adam.beta2,
                                       epsilon=adam.epsilon, name=name)
-                for lr, name in ((config.schedule.g_lr, "g_adam"), (config.schedule.d_lr, "d_adam")))
+                for name in ("g_adam", "d_adam"))
             self.g_optimizer.build(self.generator_variables)
             self.d_optimizer.build(self.discriminator_variables)
             self.images_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="images_seen")
@@ -100,9 +101,8 @@ class TrainingState:
                                            name="label_table")
 
     def enter_stage(self, stage) -> None:
-        """The stage's learning rates; Adam reset when a fade starts or ends (reference)."""
-        self.g_optimizer.learning_rate.assign(stage.g_lr)
-        self.d_optimizer.learning_rate.assign(stage.d_lr)
+        """Adam reset when a fade starts or ends (reference). The learning rates are the
+        compiled step's to write, every iteration (`progan.training.step`)."""
         if int(self.optimizer_stage.numpy()) == stage.index:
             return
         adam = self.config.optimizer

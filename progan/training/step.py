@@ -8,8 +8,6 @@ one discriminator step on a global batch of reals, updates the generator's movin
 takes one generator step, and adds its statistics to `StepStats`. Latents and mixing factors
 are stateless random numbers keyed by (seed, images seen), so a resumed run repeats an
 uninterrupted one exactly. A step whose loss or gradients are not finite is not applied.
-(Over 300 lines: one iteration's D step, EMA, G step, augmentation and its adaptive strength
-read in order here, with the random streams they share.)
 """
 
 from __future__ import annotations
@@ -271,11 +269,13 @@ class StageStep:
         alpha = fade_alpha(images_seen, self.stage)
         state.networks.generator_fade.alpha.assign(alpha)
         state.networks.discriminator_fade.alpha.assign(alpha)
+        # The one writer of both learning rates: the stage's, times the stable phase's
+        # rampdown when it is on (a function of images seen, so a resume is exact).
         rampdown = self.config.schedule.stable_lr_rampdown
-        if rampdown > 0 and not self.stage.fading:
-            factor = stable_lr_factor(images_seen, self.stage, rampdown)
-            state.g_optimizer.learning_rate.assign(self.stage.g_lr * factor)
-            state.d_optimizer.learning_rate.assign(self.stage.d_lr * factor)
+        factor = (stable_lr_factor(images_seen, self.stage, rampdown)
+                  if rampdown > 0 and not self.stage.fading else 1.0)
+        state.g_optimizer.learning_rate.assign(self.stage.g_lr * factor)
+        state.d_optimizer.learning_rate.assign(self.stage.d_lr * factor)
         loss_scale = state.loss_scale.scale.read_value()
         p = state.augment["augment_p"].read_value()
         d_grads, d_sums = self.run_replicas(self.d_replica, next(iterator), images_seen, alpha,
