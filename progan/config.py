@@ -8,9 +8,6 @@ Presets:
   celeba64  the thesis setup: CelebA 4x4 -> 64x64, batch 16, lr 0.001, 800k + 800k images
   paper     the official CelebA-HQ 1024x1024 settings (paper v1 minibatches)
   demo      small widths that train 4x4 -> 32x32 on a 2-core CPU in minutes
-
-(Over 300 lines: every setting, with the comment that says why it exists and its check, is
-here and nowhere else; split by section, a setting's default and its validation would part.)
 """
 
 from __future__ import annotations
@@ -32,13 +29,21 @@ class ConfigError(ProganError, ValueError):
 
 
 
+class _Section:
+    """A section of the settings checks itself once, when it is made (every way of making one:
+    a preset, ``from_dict``, ``replace`` or a direct call), so no user of it checks again."""
+
+    def __post_init__(self):
+        self.validate()
+
+
 def _require(condition: bool, setting: str, expected: str, value: Any) -> None:
     if not condition:
         raise ConfigError(f"{setting}: expected {expected}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """Widths and details of the generator and discriminator (reference `G_paper`/`D_paper`)."""
 
     latent_size: int = 512
@@ -59,7 +64,7 @@ class ModelConfig:
     # the generator's first (dense) layer sqrt(2)/4, toRGB 1, the discriminator's output 1.
     # Under Adam a gain is also the layer's learning-rate factor (its output moves gain x
     # faster), and at small widths the reference's toRGB 1 / D output 1 make fade-ins slow
-    # and unstable (issue 14: demo SWD at the end of the 8x8 fade 199 +- 77 with them,
+    # and unstable (demo SWD at the end of the 8x8 fade 199 +- 77 with them,
     # 63 +- 9 with sqrt(2) on all three and no pixel norm after the dense layer; see
     # tools/bench_quality.py). The defaults are the reference's; the demo preset uses sqrt(2).
     g_dense_gain: float = math.sqrt(2.0) / 4.0
@@ -102,7 +107,7 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ScheduleConfig:
+class ScheduleConfig(_Section):
     """Progressive-growing schedule; images seen is the clock (see `progan.schedule`)."""
 
     start_resolution: int = 4
@@ -120,7 +125,7 @@ class ScheduleConfig:
     fade_lr_scale: float = 1.0
     # The last fraction of every stable phase over which both learning rates fall linearly
     # to 0 (0 = off, the reference), so that a phase ends settled rather than mid-stride.
-    # Issue 14 measured no gain at the demo's widths (end of the 8x8 stable phase 34.3 +- 3.8
+    # Measured: no gain at the demo's widths (end of the 8x8 stable phase 34.3 +- 3.8
     # with 0.25, 33.6 +- 1.5 without); an option for longer runs, not a preset's choice.
     stable_lr_rampdown: float = 0.0
 
@@ -155,7 +160,7 @@ AUGMENT_OPS = ("translation", "cutout", "color")  # progan.training.augment
 
 
 @dataclasses.dataclass(frozen=True)
-class LossConfig:
+class LossConfig(_Section):
     """Loss functions (`progan.losses`): WGAN-GP with drift, non-saturating + R1, least squares."""
 
     name: str = "wgan_gp"
@@ -200,7 +205,7 @@ class LossConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
+class OptimizerConfig(_Section):
     """Adam for both networks, reset as the reference does when a fade-in starts and ends."""
 
     beta1: float = 0.0
@@ -227,7 +232,7 @@ PRECISIONS = ("off", "bf16", "fp16")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(_Section):
     """How a run executes and reports; none of it changes the model's mathematics."""
 
     seed: int = 0
@@ -235,7 +240,7 @@ class TrainingConfig:
     ema_beta: float = 0.999
     # The EMA during fade-ins (None: ema_beta). While alpha moves, the generator changes
     # systematically and a long average lags behind it; a shorter one during fades and a
-    # longer one in stable phases gives the best of both (issue 14; the demo preset).
+    # longer one in stable phases gives the best of both (docs/quality.md; the demo preset).
     ema_beta_fade: float | None = None
     tick_kimg: float = 20.0
     snapshot_kimg: float = 200.0
@@ -296,9 +301,7 @@ class Config:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
-    def __post_init__(self):
-        for name in SECTIONS:
-            getattr(self, name).validate()
+    def __post_init__(self):  # each section has checked itself; what spans sections:
         _require(self.schedule.start_resolution <= self.model.max_resolution,
                  "schedule.start_resolution", f"at most model.max_resolution "
                  f"({self.model.max_resolution})", self.schedule.start_resolution)
@@ -420,14 +423,14 @@ def _preset_demo() -> Config:
         # from 32 on (below, the strided convolutions' overhead outweighs the saving).
         # He gains (sqrt 2) on the generator's dense and toRGB layers and the discriminator's
         # output, no pixel norm after the dense layer (pro-gan-pth's choices): the reference's
-        # gains fade in 3x worse at these widths (issue 14, tools/bench_quality.py).
+        # gains fade in 3x worse at these widths (docs/quality.md, tools/bench_quality.py).
         model=ModelConfig(latent_size=64, fmap_base=256, fmap_max=64, max_resolution=32,
                           fused_scale_from=32, g_dense_gain=he_gain, to_rgb_gain=he_gain,
                           d_output_gain=he_gain, pixelnorm_after_dense=False),
         # The discriminator learns 1.5x faster than the generator (G 0.002, D 0.003 in stable
         # phases, x0.75 in fade-ins), both 0.0015 at 4x4: a calmer 4x4 phase and fade end each
         # fade-in better and with less spread, and the faster critic gives G better gradients
-        # (issue 14, SWD at kimg 40/60: see README "Training quality at small widths").
+        # (SWD at kimg 40/60: docs/quality.md).
         schedule=ScheduleConfig(stable_kimg=20, fade_kimg=20, batch_size=16, g_lr=0.002, d_lr=0.003,
                                 lr_by_resolution={4: 0.0015}, fade_lr_scale=0.75),
         # The EMA's half-life (ln 2 / (1 - beta) steps) must be short against 20-kimg phases:

@@ -11,9 +11,6 @@ a Keras model per stage that shares them:
 Levels are log2(resolution): level 2 is the 4x4 block. Generator images are linear (about
 [-1, 1]) float32 NHWC; the discriminator returns one float32 score per image (and, for a
 conditional model, one logit per label).
-
-(Just over 300 lines: the two networks share their per-stage model building and the
-checkpoint naming, which must stay in one place.)
 """
 
 from __future__ import annotations
@@ -39,7 +36,6 @@ class ProGAN:
 
     def __init__(self, config: ModelConfig | None = None, with_discriminator: bool = True):
         self.config = config or ModelConfig()
-        self.config.validate()
         self.max_level = level_of(self.config.max_resolution)
         self.with_discriminator = with_discriminator
         self.generator_fade = FadeIn(name="generator_fade")

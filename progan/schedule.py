@@ -57,7 +57,6 @@ class Schedule:
         return cls(config.schedule, config.model.max_resolution)
 
     def __init__(self, config: ScheduleConfig, max_resolution: int):
-        config.validate()
         self.config = config
         self.max_resolution = max_resolution
         stable, fade = _images(config.stable_kimg), _images(config.fade_kimg)
