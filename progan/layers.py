@@ -1,7 +1,5 @@
 """Keras 3 layers of Progressive GAN (TensorFlow backend).
 
-(Over 300 lines because it holds the whole family of small layers, each with its docstring
-and config; they are read together and split would scatter them.)
 
 Equalised learning rate: weights are drawn from N(0, 1) and multiplied at run time by
 ``gain / sqrt(fan_in)`` (times an optional learning-rate multiplier), so every weight learns

@@ -478,7 +478,7 @@ def test_a_snapshot_from_a_newer_progan_is_an_error_not_damage(tmp_path, finishe
 @pytest.mark.parametrize("fading", [True, False])
 def test_the_ema_uses_ema_beta_fade_during_fade_ins(tmp_path, tiny_dataset, fading):
     """One iteration updates ema <- G + (ema - G) * beta between the D and G steps, with
-    beta = ema_beta_fade in a fade-in and ema_beta in a stable phase (issue 14: the demo's
+    beta = ema_beta_fade in a fade-in and ema_beta in a stable phase (the demo's
     short average during fades, longer in stable phases)."""
     config = tiny(**{"training.ema_beta": 0.75, "training.ema_beta_fade": 0.25})
     trainer = training.Trainer(config, tiny_dataset, tmp_path / "run")

@@ -17,7 +17,7 @@ of the train split, with the same latents and SWD sampling (``--eval-seed``) for
 
 Writes ``OUT/LABEL.json`` (settings, per-seed values, mean and sd per point, seconds) and
 ``OUT/LABEL.png`` (mean +- sd per point, one line per seed, the PyTorch peer's figures of
-issue 14 for comparison); ``--compare A.json B.json ...`` plots and tabulates saved records
+the PyTorch port's for comparison); ``--compare A.json B.json ...`` plots and tabulates saved records
 without training. Runs go to ``OUT/runs/LABEL/seedN`` (deleted unless ``--keep-runs``).
 """
 
@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-# Issue 14: pro-gan-pth 3.4 at the demo widths and schedule, 4 seeds, same data and SWD.
+# pro-gan-pth 3.4 at the demo widths and schedule, 4 seeds, same data and SWD.
 PEER = {"20@8": (160.4, 2.0), "40@8": (58.0, 6.7), "60@8": (32.6, 2.1), "60@16": (24.9, 1.7)}
-PEER_LABEL = "pro-gan-pth 3.4 (issue 14, 4 seeds)"
+PEER_LABEL = "pro-gan-pth 3.4 (4 seeds)"
 
 
 def parse_args(argv=None):

@@ -1,7 +1,5 @@
 """Sliced Wasserstein distance between Laplacian-pyramid patches (Karras et al. 2018, sec. 5).
 
-(Over 300 lines: one algorithm, pyramid, sampling and the linear-time comparison of sorted
-projections, whose parts are only meaningful together.)
 
 The protocol of the paper and its reference code:
 
