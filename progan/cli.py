@@ -161,7 +161,8 @@ def _add_finetune(subparsers):
         "finetune", help="continue from a snapshot at a reduced learning rate, in a new run")
     parser.add_argument("run_dir", type=Path, help="the source run directory")
     parser.add_argument("--snapshot", default="latest",
-                        help="latest | best (by the run's primary metric) | best:METRIC | KIMG "
+                        help="latest | best (by the run's primary metric) | best:METRIC | NAME (as "
+                             "`ls RUN/checkpoints` shows it, e.g. snapshot-000000012000) | KIMG "
                              "(default latest); a full snapshot (training state)")
     parser.add_argument("--lr-scale", type=float, default=0.8,
                         help="factor on the learning rates (default 0.8, the thesis: 0.0008 / 0.001)")
@@ -257,9 +258,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``parser.parse_args``, but an unknown flag is answered with the closest real one of
+    its sub-command (``--totl-kimg`` -> did you mean --total-kimg?)."""
+    import difflib
+
+    args, unknown = parser.parse_known_args(argv)
+    if not unknown:
+        return args
+    subparsers = next(action for action in parser._actions
+                      if isinstance(action, argparse._SubParsersAction))
+    command = subparsers.choices[args.command]
+    options = [option for action in command._actions for option in action.option_strings]
+    flag = next((word.split("=")[0] for word in unknown if word.startswith("-")), unknown[0])
+    close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f"; see {parser.prog} {args.command} --help"
+    command.exit(2, f"{command.prog}: error: unrecognized argument {flag}{hint}\n")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     import progan.backend  # noqa: F401  every command computes: TensorFlow, checked and quiet
     from progan.errors import ProganError
 

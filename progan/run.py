@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -54,6 +55,7 @@ LABELS_FILE = "labels.npz"  # a conditional run's label table (names, kind, valu
 SNAPSHOT_INFO = "snapshot.json"
 CHECKPOINT_PREFIX = "ckpt"
 KINDS = {"full": "snapshot-", "network": "network-"}
+NAME_PATTERN = re.compile(r"(snapshot|network)-(\d{12})")
 TEMPORARY = ".tmp-"
 
 
@@ -382,8 +384,14 @@ class RunDir:
     def select_one(self, spec: str, kind: str | None = None,
                    flag: str = "--snapshot") -> tuple[int, str]:
         """(images seen, what was chosen, in words) of ``latest``, ``best`` (the primary
-        metric's best), ``best:<metric>`` or a kimg number (nearest snapshot within 0.5 kimg)."""
-        spec = str(spec).strip()
+        metric's best), ``best:<metric>``, a name as ``ls RUN/checkpoints`` shows it
+        (``snapshot-000000012000``, ``network-000000012000``, or its number), the images seen
+        of a snapshot (``12000``), or a kimg number as the log prints it (``12``: the nearest
+        snapshot within 0.5 kimg)."""
+        spec = str(spec).strip().rstrip("/")
+        named = NAME_PATTERN.fullmatch(spec.rpartition("/")[2])
+        if named:  # a folder name, as ls shows it (its kind is only a hint: both serve)
+            spec = named.group(2)
         available = sorted({s.images_seen for s in self.snapshots(kind)})
         if not available:
             raise RunError(f"{self.path}: has no {kind + ' ' if kind else ''}snapshots")
@@ -405,11 +413,17 @@ class RunDir:
                                f"is not on disk{' as a ' + kind + ' snapshot' if kind else ''}")
             return seen, (f"the best snapshot by {metric} (kimg {seen / 1000:g}, "
                           f"{metric} {entry['value']:.4g})")
+        if spec.isdigit() and int(spec) in available:  # images seen, as in the names
+            return int(spec), f"the snapshot at kimg {int(spec) / 1000:g}"
+        if named or (spec.isdigit() and len(spec) == 12):
+            listed = ", ".join(f"{seen:012d}" for seen in available)
+            raise RunError(f"{flag} {spec}: no {kind + ' ' if kind else ''}snapshot of that "
+                           f"name (have: {listed})")
         try:
             wanted = int(round(float(spec) * 1000))
         except ValueError:
-            raise RunError(f"{flag} {spec}: expected latest, best, best:METRIC or a kimg "
-                           "number") from None
+            raise RunError(f"{flag} {spec}: expected latest, best, best:METRIC, a snapshot "
+                           "as `ls RUN/checkpoints` shows it, or a kimg number") from None
         distance, seen = min((abs(seen - wanted), seen) for seen in available)
         if distance > 500:  # kimg as printed in names and logs, rounded
             listed = ", ".join(f"{seen / 1000:g}" for seen in available)

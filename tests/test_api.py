@@ -83,3 +83,10 @@ def test_resume_extends_a_finished_run(tiny_run, tmp_path):
     assert result["images_seen"] >= 700 and not result["stopped"]
     assert RunDir(run).read().config.schedule.total_kimg == 0.7
     assert Config.from_dict(TINY_CONFIG).schedule.total_kimg is None
+
+
+def test_a_data_set_without_the_presets_top_level_suggests_what_fits(tiny_dataset, tmp_path):
+    with pytest.raises(progan.ProganError, match=r"largest is 8x8\); train to its top level "
+                                                 r"with --max-resolution 8, or use --config demo"):
+        progan.train(data=tiny_dataset, out=tmp_path / "run", config="celeba64")
+    assert not (tmp_path / "run").exists()

@@ -98,3 +98,15 @@ def test_config_reference_is_docs_settings_md():
 
     assert (REPO / "docs" / "settings.md").read_text() == settings_reference() + "\n", \
         "docs/settings.md is out of date: progan config --reference > docs/settings.md"
+
+
+def test_an_unknown_flag_is_answered_with_the_closest_real_one(capsys):
+    from progan import cli
+
+    for argv, answer in ((["train", "--totl-kimg", "4"], "did you mean --total-kimg?"),
+                         (["resume", "runs/x", "--totl-kimg=4"], "did you mean --total-kimg?"),
+                         (["train", "--xyzzy"], "see progan train --help")):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        error = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and "\n" not in error and answer in error, error

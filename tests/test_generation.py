@@ -89,13 +89,13 @@ def test_generate_images(tiny_run):
 
 
 def test_the_training_grid_is_drawn_again_by_its_seeds(tiny_run, tmp_path):
-    """fakes<kimg>.png shows seeds 0..N-1; `progan generate --seeds 0-3` draws the same faces."""
+    """fakes-<images seen>.png shows seeds 0..N-1; `progan generate --seeds 0-3` draws the same faces."""
     parser = command_parser(cli.add_generate)
     args = parser.parse_args(["generate", str(tiny_run), "--seeds", "0-3", "--snapshot", "0.304",
                               "--out", str(tmp_path / "again.png")])
     args.run(args, parser)
     # TINY_CONFIG: grid_size 2, 8x8 images enlarged x16 to 256 pixels
-    with Image.open(tiny_run / "fakes00000.304.png") as seen, Image.open(tmp_path / "again.png") as again:
+    with Image.open(tiny_run / "fakes-000000000304.png") as seen, Image.open(tmp_path / "again.png") as again:
         np.testing.assert_array_equal(np.asarray(again), np.asarray(seen))
     assert "fakes*.png show seeds 0-3" in (tiny_run / "log.txt").read_text()
 

@@ -115,3 +115,14 @@ def test_the_header_names_every_learning_rate_change_along_the_schedule():
     ramped = Config.from_dict(TINY_CONFIG).replace(**{"schedule.stable_lr_rampdown": 0.25,
                                                       "schedule.lr_by_resolution": {8: 0.003}})
     assert _lr_notes(ramped.schedule) == " (0.003 at 8²; to 0 over the last 25% of stable phases)"
+
+
+def test_a_run_cut_short_before_its_top_resolution_says_so_at_start():
+    from progan.schedule import Schedule
+    from progan.training.report import _short_schedule_lines
+
+    config = Config.from_dict(TINY_CONFIG)  # 4x4 stable 0.2, 8x8 fade 0.2 + stable 0.2
+    assert _short_schedule_lines(Schedule.of(config)) == []
+    short = Schedule.of(config.replace(**{"schedule.total_kimg": 0.3}))
+    (line,) = _short_schedule_lines(short)
+    assert "ends at 8x8 while it fades in" in line and "full schedule is 0.6 kimg" in line

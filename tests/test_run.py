@@ -85,13 +85,21 @@ def test_snapshot_folders_selector_and_best(tmp_path):
 
     assert run.select_one("latest")[0] == 40_000
     assert run.select_one("20")[0] == 20_000 and run.select_one("19.6")[0] == 20_000
+    # every name as `ls RUN/checkpoints` shows it, its number, or the images seen
+    names = sorted(path.name for path in run.checkpoints.iterdir() if path.is_dir())
+    assert "snapshot-000000020000" in names and "network-000000000000" in names
+    for name in ("snapshot-000000020000", "network-000000020000", "000000020000", "20000",
+                 str(run.checkpoints / "snapshot-000000020000") + "/"):
+        assert run.select_one(name)[0] == 20_000, name
+    with pytest.raises(RunError, match="no full snapshot of that name"):
+        run.select_one("network-000000000000", kind="full")
     assert run.select("all") == [0, 20_000, 40_000] and run.select("all", kind="full") == [20_000, 40_000]
     assert run.select("40, 0") == [0, 40_000]
     with pytest.raises(RunError, match=r"--snapshot 30: no snapshot at that kimg \(have: 0, 20, 40\)"):
         run.select_one("30")
     with pytest.raises(RunError, match="--snapshot 0: no full snapshot"):
         run.select_one("0", kind="full")
-    with pytest.raises(RunError, match="expected latest, best, best:METRIC or a kimg number"):
+    with pytest.raises(RunError, match="expected latest, best, best:METRIC, a snapshot as .ls RUN.checkpoints. shows it, or a kimg number"):
         run.select_one("newest")
     with pytest.raises(RunError, match="no metric record yet"):
         run.select_one("best")

@@ -26,7 +26,8 @@ def _one_line(run):
 
 def _add_snapshot(parser, default="latest"):
     parser.add_argument("--snapshot", default=default,
-                        help=f"latest | best | best:METRIC | KIMG (default {default})")
+                        help=f"latest | best | best:METRIC | NAME (as `ls RUN/checkpoints` shows it, "
+                             f"e.g. snapshot-000000012000) | KIMG (default {default})")
 
 
 def _truncation(text: str) -> float:
@@ -77,7 +78,8 @@ def add_evaluate(subparsers):
                              "or all real images of a smaller data set; the paper: 16384 for "
                              "SWD, 20000 for MS-SSIM, 50000 for FID)")
     parser.add_argument("--snapshot", default="latest",
-                        help="latest | all | best | best:METRIC | KIMG[,KIMG...] (default latest)")
+                        help="latest | all | best | best:METRIC | NAME (as `ls RUN/checkpoints` shows "
+                             "it) | KIMG, or a comma-separated list of those (default latest)")
     parser.add_argument("--split", choices=("test", "train"), default="test",
                         help="real images' split (default test; falls back to train if too small)")
     parser.add_argument("--seed", type=int, default=0,

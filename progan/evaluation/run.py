@@ -30,10 +30,10 @@ the highest resolution evaluated: values at different resolutions measure differ
 
 from __future__ import annotations
 
-import warnings
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 

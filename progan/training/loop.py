@@ -37,8 +37,9 @@ class TrainingError(RunError):
 
 
 def fakes_name(images_seen: int) -> str:
-    """``fakes<kimg>.png``, kimg zero-padded with three decimals so names sort by time."""
-    return f"fakes{images_seen / 1000:09.3f}.png"
+    """``fakes-<images seen, 12 digits>.png``: the number of the snapshot folders it belongs
+    to (``snapshot-`` / ``network-`` the same digits), so names sort by time."""
+    return f"fakes-{images_seen:012d}.png"
 
 
 def configure_process(training: TrainingConfig) -> None:

@@ -7,16 +7,17 @@ terminal.
 
 from __future__ import annotations
 
-import warnings
 import dataclasses
 import math
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from progan.schedule import Schedule
 from progan.system import duration
 
 
@@ -292,14 +293,13 @@ def startup_summary(config, data, strategy, run_path, presets: dict) -> list[str
     """The lines a run prints before it trains: what it is, on what, with what, for how long."""
     from progan.dataset.reader import open_dataset
     from progan.run import data_fingerprint
-    from progan.schedule import Schedule
 
     nearest = min(presets, key=lambda name: len(presets[name]().diff(config)))
     differences = presets[nearest]().diff(config)
     changed = ", ".join(f"{name}={_setting(config, name)!r}" for name in differences) or "none"
     info = open_dataset(data)
     levels = sorted(info.level_files)
-    schedule = Schedule(config.schedule, config.model.max_resolution)
+    schedule = Schedule.of(config)
     phases = []
     for stage in schedule.stages():
         kimg = (min(stage.end_images, schedule.total_images) - stage.start_images) / 1000
@@ -327,7 +327,21 @@ def startup_summary(config, data, strategy, run_path, presets: dict) -> list[str
         + ", "
         f"loss {config.loss.name}",
         f"schedule   kimg per phase: {'; '.join(phases)}; total {schedule.total_kimg:g} kimg",
-    ] + _augment_lines(config.loss, config.optimizer)
+    ] + _short_schedule_lines(schedule) + _augment_lines(config.loss, config.optimizer)
+
+
+def _short_schedule_lines(schedule) -> list[str]:
+    """A warning when the run ends before its top resolution is stable (a --total-kimg that
+    cuts the schedule short), saying where it ends and what would reach the top."""
+    last = schedule.stages()[-1]
+    if last.resolution == schedule.max_resolution and not last.fading:
+        return []
+    where = f"{last.resolution}x{last.resolution}" + (" while it fades in" if last.fading else "")
+    needed = Schedule(dataclasses.replace(schedule.config, total_kimg=None),
+                      schedule.max_resolution).total_kimg
+    return [f"warning    the run ends at {where}, before its top resolution "
+            f"{schedule.max_resolution}x{schedule.max_resolution} is trained: the full schedule "
+            f"is {needed:g} kimg (total_kimg {schedule.total_kimg:g})"]
 
 
 def _lr_notes(schedule) -> str:

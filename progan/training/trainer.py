@@ -34,8 +34,12 @@ def check_data(data: Path, config: Config, schedule: Schedule) -> str:
     needed = schedule.stages()
     missing = sorted({stage.resolution for stage in needed} - set(info.level_files))
     if missing:
+        largest = max(info.level_files, default=0)
+        hint = (f"; train to its top level with --max-resolution {largest}, or use --config demo "
+                "(32x32)" if largest >= 4 else "")
         raise TrainingError(f"--data {data}: has no {missing[0]}x{missing[0]} level, which the "
-                            f"config needs (max_resolution {config.model.max_resolution})")
+                            f"config needs (max_resolution {config.model.max_resolution}; the "
+                            f"data set's largest is {largest}x{largest}){hint}")
     if info.train_count < 1:
         raise TrainingError(f"--data {data}: the train split is empty")
     return data_fingerprint(data)
