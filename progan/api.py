@@ -81,7 +81,7 @@ def settings_of(overrides: dict, lr: float | None = None) -> dict:
             value = [item for item in value.split(",") if item]
         dotted[SETTINGS[name]] = list(value) if name in LIST_SETTINGS else value
     if lr is not None:
-        dotted.update({"schedule.g_lr": lr, "schedule.d_lr": lr, "schedule.lr_by_resolution": {}})
+        dotted.update({"optimizer.g_lr": lr, "optimizer.d_lr": lr, "optimizer.lr_by_resolution": {}})
     return dotted
 
 
@@ -119,7 +119,7 @@ def train(data=None, out=None, config=None, conditional: bool = False,
         out: the run directory.
         config: a preset name (``demo``, ``celeba64``, ``paper``), a JSON file or a `Config`.
         conditional: condition both networks on the data set's labels.
-        settings: dotted settings, e.g. ``{"schedule.d_lr": 0.003}``.
+        settings: dotted settings, e.g. ``{"optimizer.d_lr": 0.003}``.
         **overrides: the command's override flags as keywords (`SETTINGS`, and ``lr``).
     """
     from progan.training import trainer

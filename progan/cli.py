@@ -90,8 +90,8 @@ def _add_overrides(parser, default_help: str, names=None, config: bool = True):
                            help=_flag_help(name, setting))
     if names is None:
         group.add_argument("--lr", type=float, default=None,
-                           help="sets schedule.g_lr and schedule.d_lr (the learning rate of "
-                                "both networks) and clears schedule.lr_by_resolution")
+                           help="sets optimizer.g_lr and optimizer.d_lr (the learning rate of "
+                                "both networks) and clears optimizer.lr_by_resolution")
 
 
 def _overrides(args, names=None) -> dict:

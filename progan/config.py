@@ -117,17 +117,6 @@ class ScheduleConfig(_Section):
     total_kimg: float | None = None
     batch_size: int = 16
     batch_sizes: dict[int, int] = dataclasses.field(default_factory=dict)
-    g_lr: float = 0.001
-    d_lr: float = 0.001
-    # Per-resolution learning rate for both networks, overriding g_lr/d_lr.
-    lr_by_resolution: dict[int, float] = dataclasses.field(default_factory=dict)
-    # Both learning rates are multiplied by this during fade-ins (1: the reference).
-    fade_lr_scale: float = 1.0
-    # The last fraction of every stable phase over which both learning rates fall linearly
-    # to 0 (0 = off, the reference), so that a phase ends settled rather than mid-stride.
-    # Measured: no gain at the demo's widths (end of the 8x8 stable phase 34.3 +- 3.8
-    # with 0.25, 33.6 +- 1.5 without); an option for longer runs, not a preset's choice.
-    stable_lr_rampdown: float = 0.0
 
     def validate(self) -> None:
         _require(is_power_of_two(self.start_resolution) and self.start_resolution >= 4,
@@ -142,16 +131,6 @@ class ScheduleConfig(_Section):
                      resolution)
             _require(isinstance(batch, int) and batch >= 1, f"schedule.batch_sizes[{resolution}]",
                      "a positive integer", batch)
-        for name in ("g_lr", "d_lr"):
-            _require(getattr(self, name) > 0, f"schedule.{name}", "a positive number",
-                     getattr(self, name))
-        _require(self.fade_lr_scale > 0, "schedule.fade_lr_scale", "a positive number",
-                 self.fade_lr_scale)
-        _require(0 <= self.stable_lr_rampdown <= 1, "schedule.stable_lr_rampdown",
-                 "a fraction of the stable phase in [0, 1]", self.stable_lr_rampdown)
-        for resolution, lr in self.lr_by_resolution.items():
-            _require(is_power_of_two(resolution) and lr > 0, f"schedule.lr_by_resolution[{resolution}]",
-                     "a positive number at a power-of-two resolution", lr)
 
 
 LABEL_KINDS = ("multi_label", "one_hot")
@@ -206,8 +185,21 @@ class LossConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig(_Section):
-    """Adam for both networks, reset as the reference does when a fade-in starts and ends."""
+    """Adam for both networks: its learning rates (per network, per resolution, in fade-ins
+    and at the end of stable phases; `progan.schedule` applies them per stage), its betas and
+    epsilon, and its state reset as the reference does when a fade-in starts and ends."""
 
+    g_lr: float = 0.001
+    d_lr: float = 0.001
+    # Per-resolution learning rate for both networks, overriding g_lr/d_lr.
+    lr_by_resolution: dict[int, float] = dataclasses.field(default_factory=dict)
+    # Both learning rates are multiplied by this during fade-ins (1: the reference).
+    fade_lr_scale: float = 1.0
+    # The last fraction of every stable phase over which both learning rates fall linearly
+    # to 0 (0 = off, the reference), so that a phase ends settled rather than mid-stride.
+    # Measured: no gain at the demo's widths (end of the 8x8 stable phase 34.3 +- 3.8
+    # with 0.25, 33.6 +- 1.5 without); an option for longer runs, not a preset's choice.
+    stable_lr_rampdown: float = 0.0
     beta1: float = 0.0
     beta2: float = 0.99
     epsilon: float = 1e-8
@@ -225,6 +217,16 @@ class OptimizerConfig(_Section):
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optimizer.beta1/beta2",
                  "values in [0, 1)", (self.beta1, self.beta2))
         _require(self.epsilon > 0, "optimizer.epsilon", "a positive number", self.epsilon)
+        for name in ("g_lr", "d_lr"):
+            _require(getattr(self, name) > 0, f"optimizer.{name}", "a positive number",
+                     getattr(self, name))
+        _require(self.fade_lr_scale > 0, "optimizer.fade_lr_scale", "a positive number",
+                 self.fade_lr_scale)
+        _require(0 <= self.stable_lr_rampdown <= 1, "optimizer.stable_lr_rampdown",
+                 "a fraction of the stable phase in [0, 1]", self.stable_lr_rampdown)
+        for resolution, lr in self.lr_by_resolution.items():
+            _require(is_power_of_two(resolution) and lr > 0, f"optimizer.lr_by_resolution[{resolution}]",
+                     "a positive number at a power-of-two resolution", lr)
 
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker", "tpu")
@@ -320,6 +322,7 @@ class Config:
         if unknown:
             raise ConfigError(f"{source}: unknown section {unknown[0]!r}; expected "
                               + ", ".join(SECTIONS))
+        data = _moved_settings(data, source)
         return cls(**{name: _section_from_dict(SECTIONS[name], data.get(name, {}), f"{source}:{name}")
                       for name in SECTIONS})
 
@@ -335,7 +338,7 @@ class Config:
         """Copy with dotted overrides, e.g. ``replace(**{"schedule.batch_size": 32})``."""
         data = self.to_dict()
         for dotted, value in overrides.items():
-            section, _, key = dotted.partition(".")
+            section, _, key = MOVED_SETTINGS.get(dotted, dotted).partition(".")
             if section not in SECTIONS or key not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
                 raise ConfigError(f"unknown setting {dotted!r}")
             data[section][key] = value
@@ -346,6 +349,33 @@ class Config:
         mine, theirs = self.to_dict(), other.to_dict()
         return [f"{section}.{key}" for section in SECTIONS for key in mine[section]
                 if mine[section][key] != theirs[section][key]]
+
+
+# Settings that moved to another section, by their old dotted name: config files and
+# config.json of earlier versions still read, and the old names still work in ``replace``.
+MOVED_SETTINGS = {f"schedule.{name}": f"optimizer.{name}" for name in
+                  ("g_lr", "d_lr", "lr_by_resolution", "fade_lr_scale", "stable_lr_rampdown")}
+
+
+def _moved_settings(data: dict, source: str) -> dict:
+    """``data`` with every setting of `MOVED_SETTINGS` in its current section."""
+    moved = {old: new for old, new in MOVED_SETTINGS.items()
+             if isinstance(data.get(old.split(".")[0]), dict) and old.split(".")[1] in data[old.split(".")[0]]}
+    if not moved:
+        return data
+    data = {name: dict(section) if isinstance(section, dict) else section
+            for name, section in data.items()}
+    for old, new in moved.items():
+        (old_section, key), (new_section, new_key) = old.split("."), new.split(".")
+        value = data[old_section].pop(key)
+        target = data.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            break  # the section's own check names the problem
+        if new_key in target and target[new_key] != value:
+            raise ConfigError(f"{source}: {old} and {new} disagree ({value!r} vs "
+                              f"{target[new_key]!r}); {new} is its place now")
+        target[new_key] = value
+    return data
 
 
 def _section_to_dict(section) -> dict:
@@ -402,7 +432,8 @@ def _section_from_dict(section_class, data: dict, source: str):
 def _preset_celeba64() -> Config:
     return Config(
         model=ModelConfig(latent_size=512, fmap_base=8192, fmap_max=512, max_resolution=64),
-        schedule=ScheduleConfig(stable_kimg=800, fade_kimg=800, batch_size=16, g_lr=0.001, d_lr=0.001),
+        schedule=ScheduleConfig(stable_kimg=800, fade_kimg=800, batch_size=16),
+        optimizer=OptimizerConfig(g_lr=0.001, d_lr=0.001),
         training=TrainingConfig(mirror=True, tick_kimg=20, snapshot_kimg=200),
     )
 
@@ -411,7 +442,8 @@ def _preset_paper() -> Config:
     return Config(
         model=ModelConfig(latent_size=512, fmap_base=8192, fmap_max=512, max_resolution=1024),
         schedule=ScheduleConfig(stable_kimg=800, fade_kimg=800, batch_size=16,
-                                batch_sizes={256: 14, 512: 6, 1024: 3}, g_lr=0.001, d_lr=0.001),
+                                batch_sizes={256: 14, 512: 6, 1024: 3}),
+        optimizer=OptimizerConfig(g_lr=0.001, d_lr=0.001),
         training=TrainingConfig(mirror=True, tick_kimg=160, snapshot_kimg=1600),
     )
 
@@ -431,8 +463,9 @@ def _preset_demo() -> Config:
         # phases, x0.75 in fade-ins), both 0.0015 at 4x4: a calmer 4x4 phase and fade end each
         # fade-in better and with less spread, and the faster critic gives G better gradients
         # (SWD at kimg 40/60: docs/quality.md).
-        schedule=ScheduleConfig(stable_kimg=20, fade_kimg=20, batch_size=16, g_lr=0.002, d_lr=0.003,
-                                lr_by_resolution={4: 0.0015}, fade_lr_scale=0.75),
+        schedule=ScheduleConfig(stable_kimg=20, fade_kimg=20, batch_size=16),
+        optimizer=OptimizerConfig(g_lr=0.002, d_lr=0.003, lr_by_resolution={4: 0.0015},
+                                  fade_lr_scale=0.75),
         # The EMA's half-life (ln 2 / (1 - beta) steps) must be short against 20-kimg phases:
         # 0.995 at batch 16 is ~2 kimg (the paper's 0.999 would be ~11 kimg); in fade-ins,
         # where G moves systematically with alpha, 0.99 (~1 kimg) lags less behind it.
@@ -487,12 +520,12 @@ SETTING_DOCS = {
                            "stable phase)",
     "schedule.batch_size": "images per iteration (over all replicas)",
     "schedule.batch_sizes": "per-resolution batch sizes, e.g. {\"64\": 8}, overriding batch_size",
-    "schedule.g_lr": "the generator's Adam learning rate",
-    "schedule.d_lr": "the discriminator's Adam learning rate",
-    "schedule.lr_by_resolution": "per-resolution learning rate of both networks, e.g. "
+    "optimizer.g_lr": "the generator's Adam learning rate",
+    "optimizer.d_lr": "the discriminator's Adam learning rate",
+    "optimizer.lr_by_resolution": "per-resolution learning rate of both networks, e.g. "
                                  "{\"4\": 0.0015}, overriding g_lr and d_lr",
-    "schedule.fade_lr_scale": "factor on both learning rates during fade-ins",
-    "schedule.stable_lr_rampdown": "fraction of each stable phase over which both learning rates "
+    "optimizer.fade_lr_scale": "factor on both learning rates during fade-ins",
+    "optimizer.stable_lr_rampdown": "fraction of each stable phase over which both learning rates "
                                    "fall linearly to 0 (0: off)",
     "loss.name": "the loss: wgan_gp, nonsaturating_r1 or least_squares",
     "loss.gp_lambda": "weight of WGAN-GP's gradient penalty (lambda)",

@@ -3,7 +3,8 @@
 The reference semantics: training starts at ``start_resolution`` in a stable phase of
 ``stable_kimg``; then each higher resolution fades in over ``fade_kimg`` (alpha ramps
 linearly from 0 to 1 with images shown) and trains stable for ``stable_kimg``. During a
-fade the new resolution's batch size and learning rates apply (times ``fade_lr_scale``). The last resolution stays
+fade the new resolution's batch size and learning rates (the optimiser settings') apply,
+times ``fade_lr_scale``. The last resolution stays
 stable until ``total_kimg`` (default: the end of its stable phase).
 
     schedule = Schedule(ScheduleConfig(stable_kimg=800, fade_kimg=800), max_resolution=64)
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from progan.config import ScheduleConfig
+from progan.config import OptimizerConfig, ScheduleConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,15 +50,19 @@ class Schedule:
     Args:
         config: a `ScheduleConfig`.
         max_resolution: the model's top resolution.
+        optimizer: the `OptimizerConfig` whose learning rates each stage carries (default:
+            the defaults).
     """
 
     @classmethod
     def of(cls, config) -> "Schedule":
         """The schedule of a whole `progan.config.Config` (its schedule and top resolution)."""
-        return cls(config.schedule, config.model.max_resolution)
+        return cls(config.schedule, config.model.max_resolution, config.optimizer)
 
-    def __init__(self, config: ScheduleConfig, max_resolution: int):
+    def __init__(self, config: ScheduleConfig, max_resolution: int,
+                 optimizer: OptimizerConfig | None = None):
         self.config = config
+        self.optimizer = optimizer or OptimizerConfig()
         self.max_resolution = max_resolution
         stable, fade = _images(config.stable_kimg), _images(config.fade_kimg)
         spans, start = [], 0
@@ -86,10 +91,10 @@ class Schedule:
 
     def learning_rates(self, resolution: int) -> tuple[float, float]:
         """(generator, discriminator) learning rate at a resolution."""
-        if resolution in self.config.lr_by_resolution:
-            lr = self.config.lr_by_resolution[resolution]
+        if resolution in self.optimizer.lr_by_resolution:
+            lr = self.optimizer.lr_by_resolution[resolution]
             return lr, lr
-        return self.config.g_lr, self.config.d_lr
+        return self.optimizer.g_lr, self.optimizer.d_lr
 
     def stages(self) -> list[Stage]:
         """Every stage, in order, each at its own start (alpha 0 or 1)."""
@@ -124,7 +129,7 @@ class Schedule:
         alpha = min(max((images_seen - start) / (end - start), 0.0), 1.0) if fading else 1.0
         g_lr, d_lr = self.learning_rates(resolution)
         if fading:
-            g_lr, d_lr = g_lr * self.config.fade_lr_scale, d_lr * self.config.fade_lr_scale
+            g_lr, d_lr = g_lr * self.optimizer.fade_lr_scale, d_lr * self.optimizer.fade_lr_scale
         return Stage(index=index, resolution=resolution, fading=fading, start_images=start,
                      end_images=end, alpha=alpha, batch_size=self.batch_size(resolution),
                      g_lr=g_lr, d_lr=d_lr)

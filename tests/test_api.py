@@ -48,8 +48,8 @@ def test_keyword_overrides_are_the_commands_flags():
                              xla=True, lr=0.003)
     assert config.schedule.total_kimg == 4 and config.schedule.batch_size == 8
     assert config.loss.augment == ("translation", "color") and config.training.xla
-    assert config.schedule.g_lr == config.schedule.d_lr == 0.003
-    assert config.schedule.lr_by_resolution == {}
+    assert config.optimizer.g_lr == config.optimizer.d_lr == 0.003
+    assert config.optimizer.lr_by_resolution == {}
     with pytest.raises(api.ApiError, match="totl_kimg: not a setting"):
         api.make_config("demo", totl_kimg=4)
     with pytest.raises(api.ApiError, match="--out: required with --data"):

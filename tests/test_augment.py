@@ -118,7 +118,7 @@ def test_adaptive_p_rises_when_the_discriminator_overfits(tmp_path):
                             workers=1, progress=False)
     # G barely moves (g_lr 1e-9): D alone learns to tell 16 reals from fixed fakes. The
     # non-saturating loss, as in StyleGAN2-ADA: its D(real) > 0 means "real".
-    config = tiny(**{"schedule.g_lr": 1e-9, "schedule.d_lr": 0.01, "loss.augment": ["color"],
+    config = tiny(**{"optimizer.g_lr": 1e-9, "optimizer.d_lr": 0.01, "loss.augment": ["color"],
                      "loss.name": "nonsaturating_r1", "loss.r1_gamma": 0.1,
                      "loss.augment_target": 0.6, "loss.augment_interval": 2,
                      "loss.augment_speed_kimg": 1.0})

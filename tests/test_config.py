@@ -17,7 +17,7 @@ def test_celeba64_is_the_thesis_setup():
     config = load_config("celeba64")
     assert (config.model.latent_size, config.model.fmap_base, config.model.fmap_max) == (512, 8192, 512)
     assert config.model.max_resolution == 64
-    assert config.schedule.batch_size == 16 and config.schedule.g_lr == config.schedule.d_lr == 0.001
+    assert config.schedule.batch_size == 16 and config.optimizer.g_lr == config.optimizer.d_lr == 0.001
     assert (config.schedule.fade_kimg, config.schedule.stable_kimg) == (800, 800)
     assert (config.optimizer.beta1, config.optimizer.beta2, config.optimizer.epsilon) == (0.0, 0.99, 1e-8)
     assert (config.loss.name, config.loss.gp_lambda, config.loss.drift) == ("wgan_gp", 10.0, 0.001)

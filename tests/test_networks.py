@@ -227,13 +227,13 @@ def test_presets_reference_networks_and_rates_except_the_demo():
     assert (demo.g_dense_gain, demo.to_rgb_gain, demo.d_output_gain,
             demo.pixelnorm_after_dense) == (np.sqrt(2), np.sqrt(2), np.sqrt(2), False)
     for preset in ("celeba64", "paper"):  # the reference: one rate for both networks
-        schedule = load_config(preset).schedule
-        assert schedule.g_lr == schedule.d_lr and not schedule.lr_by_resolution
-        assert schedule.fade_lr_scale == 1 and schedule.stable_lr_rampdown == 0
+        optimizer = load_config(preset).optimizer
+        assert optimizer.g_lr == optimizer.d_lr and not optimizer.lr_by_resolution
+        assert optimizer.fade_lr_scale == 1 and optimizer.stable_lr_rampdown == 0
     # With one shared rate the critic trails the generator at the demo's widths
     # (SWD at the end of the 8x8 fade-in 60.8 +- 8.8 over 6 seeds; D at 1.5x: 48.4 +- 2.0).
-    demo_schedule = load_config("demo").schedule
-    assert demo_schedule.d_lr == pytest.approx(1.5 * demo_schedule.g_lr)
+    demo_optimizer = load_config("demo").optimizer
+    assert demo_optimizer.d_lr == pytest.approx(1.5 * demo_optimizer.g_lr)
 
 
 def test_conditional_networks_add_exactly_the_label_parameters():

@@ -110,11 +110,11 @@ def test_the_header_names_every_learning_rate_change_along_the_schedule():
     from progan.config import load_config
     from progan.training.report import _lr_notes
 
-    assert _lr_notes(load_config("celeba64").schedule) == ""  # one rate throughout: nothing to add
-    assert _lr_notes(load_config("demo").schedule) == " (0.0015 at 4²; x0.75 in fade-ins)"
-    ramped = Config.from_dict(TINY_CONFIG).replace(**{"schedule.stable_lr_rampdown": 0.25,
-                                                      "schedule.lr_by_resolution": {8: 0.003}})
-    assert _lr_notes(ramped.schedule) == " (0.003 at 8²; to 0 over the last 25% of stable phases)"
+    assert _lr_notes(load_config("celeba64").optimizer) == ""  # one rate throughout: nothing to add
+    assert _lr_notes(load_config("demo").optimizer) == " (0.0015 at 4²; x0.75 in fade-ins)"
+    ramped = Config.from_dict(TINY_CONFIG).replace(**{"optimizer.stable_lr_rampdown": 0.25,
+                                                      "optimizer.lr_by_resolution": {8: 0.003}})
+    assert _lr_notes(ramped.optimizer) == " (0.003 at 8²; to 0 over the last 25% of stable phases)"
 
 
 def test_a_run_cut_short_before_its_top_resolution_says_so_at_start():

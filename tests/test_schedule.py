@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from progan.config import ScheduleConfig
+from progan.config import Config, OptimizerConfig, ScheduleConfig
 from progan.schedule import Schedule
 
 
@@ -65,9 +65,9 @@ def test_inverse_queries_agree_with_stage_at():
 
 
 def test_batch_and_learning_rate_tables_apply_during_the_fade():
-    config = ScheduleConfig(stable_kimg=1, fade_kimg=1, batch_size=16, batch_sizes={16: 8},
-                            g_lr=0.002, d_lr=0.003, lr_by_resolution={16: 0.0015})
-    schedule = Schedule(config, max_resolution=16)
+    config = ScheduleConfig(stable_kimg=1, fade_kimg=1, batch_size=16, batch_sizes={16: 8})
+    optimizer = OptimizerConfig(g_lr=0.002, d_lr=0.003, lr_by_resolution={16: 0.0015})
+    schedule = Schedule(config, max_resolution=16, optimizer=optimizer)
     fading16 = schedule.stage_at(schedule.start_of(16, fading=True))
     assert (fading16.batch_size, fading16.g_lr, fading16.d_lr) == (8, 0.0015, 0.0015)
     stable8 = schedule.stage_at(schedule.start_of(8))
@@ -75,17 +75,18 @@ def test_batch_and_learning_rate_tables_apply_during_the_fade():
 
 
 def test_fade_lr_scale_applies_to_fade_ins_only():
-    config = ScheduleConfig(stable_kimg=1, fade_kimg=1, g_lr=0.002, d_lr=0.003,
-                            lr_by_resolution={16: 0.004}, fade_lr_scale=0.5)
-    schedule = Schedule(config, max_resolution=16)
+    optimizer = OptimizerConfig(g_lr=0.002, d_lr=0.003, lr_by_resolution={16: 0.004},
+                                fade_lr_scale=0.5)
+    schedule = Schedule(ScheduleConfig(stable_kimg=1, fade_kimg=1), max_resolution=16,
+                        optimizer=optimizer)
     rates = {(stage.resolution, stage.fading): (stage.g_lr, stage.d_lr) for stage in schedule.stages()}
     assert rates == {(4, False): (0.002, 0.003), (8, True): (0.001, 0.0015), (8, False): (0.002, 0.003),
                      (16, True): (0.002, 0.002), (16, False): (0.004, 0.004)}
-    with pytest.raises(ValueError, match="schedule.fade_lr_scale"):
-        ScheduleConfig(fade_lr_scale=0).validate()
+    with pytest.raises(ValueError, match="optimizer.fade_lr_scale"):
+        OptimizerConfig(fade_lr_scale=0)
     for bad in (-0.1, 1.5):
-        with pytest.raises(ValueError, match="schedule.stable_lr_rampdown"):
-            ScheduleConfig(stable_lr_rampdown=bad).validate()
+        with pytest.raises(ValueError, match="optimizer.stable_lr_rampdown"):
+            OptimizerConfig(stable_lr_rampdown=bad)
 
 
 def test_total_kimg_truncates_or_extends_the_last_stage():
@@ -96,3 +97,15 @@ def test_total_kimg_truncates_or_extends_the_last_stage():
     assert long.stage_at(99_999).key == (8, False)
     no_fade = Schedule(ScheduleConfig(stable_kimg=10, fade_kimg=0), max_resolution=16)
     assert [s.key for s in no_fade.stages()] == [(4, False), (8, False), (16, False)]
+
+
+def test_learning_rate_settings_of_earlier_config_files_still_read():
+    """The learning rates moved from the schedule section to the optimizer section."""
+    old = Config.from_dict({"schedule": {"stable_kimg": 1, "g_lr": 0.002, "d_lr": 0.003,
+                                         "lr_by_resolution": {"4": 0.001}, "fade_lr_scale": 0.5}})
+    assert (old.optimizer.g_lr, old.optimizer.d_lr, old.optimizer.lr_by_resolution,
+            old.optimizer.fade_lr_scale) == (0.002, 0.003, {4: 0.001}, 0.5)
+    assert "g_lr" not in old.to_dict()["schedule"] and old.schedule.stable_kimg == 1
+    assert Config().replace(**{"schedule.g_lr": 0.01}).optimizer.g_lr == 0.01
+    with pytest.raises(ValueError, match="schedule.g_lr and optimizer.g_lr disagree"):
+        Config.from_dict({"schedule": {"g_lr": 0.002}, "optimizer": {"g_lr": 0.003}})

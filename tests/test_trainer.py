@@ -220,7 +220,7 @@ def test_nonfinite_steps_are_skipped_then_rolled_back(tmp_path, tiny_dataset):
 
 def test_a_diverging_run_stops_after_a_second_rollback(tmp_path, tiny_dataset):
     config = tiny(**{"training.max_nonfinite_steps": 2, "training.tick_kimg": 0.008,
-                     "schedule.g_lr": 1e37, "schedule.d_lr": 1e37})
+                     "optimizer.g_lr": 1e37, "optimizer.d_lr": 1e37})
     with pytest.raises(training.TrainingError, match="non-finite steps in a row again"):
         training.train(config, tiny_dataset, tmp_path / "run")
     assert "rolled back" in (tmp_path / "run" / "log.txt").read_text()
@@ -264,7 +264,7 @@ def test_finetune_starts_from_the_snapshot_at_a_reduced_rate(tmp_path, finished_
     run = RunDir(out).read()
     assert run.origin["images_seen"] == start and run.origin["lr_scale"] == 0.8
     assert run.origin["data_fingerprint"] == RunDir(finished_run).read().data_fingerprint
-    assert run.config.schedule.g_lr == pytest.approx(0.8 * 0.001)
+    assert run.config.optimizer.g_lr == pytest.approx(0.8 * 0.001)
     assert run.config.schedule.total_kimg == pytest.approx(start / 1000 + 0.05)
     first = list_snapshots(out / "checkpoints")[0]
     assert first[0] == start  # the fine-tuning run begins with the source snapshot's state
@@ -500,11 +500,11 @@ def test_the_ema_uses_ema_beta_fade_during_fade_ins(tmp_path, tiny_dataset, fadi
 
 
 def test_stable_lr_rampdown_scales_the_steps_at_the_end_of_stable_phases_only(tmp_path, tiny_dataset):
-    """`schedule.stable_lr_rampdown` f: both learning rates are the phase's until the last f
+    """`optimizer.stable_lr_rampdown` f: both learning rates are the phase's until the last f
     of a stable phase, then fall linearly to 0 at its end; fade-ins keep theirs. The factor
     is what Adam's step uses: a first step after a reset moves each weight by ~lr (beta1 0)."""
-    config = tiny(**{"schedule.stable_lr_rampdown": 0.5, "schedule.g_lr": 0.004,
-                     "schedule.d_lr": 0.008, "schedule.fade_lr_scale": 0.5})
+    config = tiny(**{"optimizer.stable_lr_rampdown": 0.5, "optimizer.g_lr": 0.004,
+                     "optimizer.d_lr": 0.008, "optimizer.fade_lr_scale": 0.5})
     trainer = training.Trainer(config, tiny_dataset, tmp_path / "run")
     state = trainer.state
     start = trainer.schedule.start_of(8)

@@ -321,7 +321,7 @@ def startup_summary(config, data, strategy, run_path, presets: dict) -> list[str
         f"{'/'.join(str(b // replicas) for b in batches)} per replica",
         f"model      latent {config.model.latent_size}, fmap_base {config.model.fmap_base}, "
         f"fmap_max {config.model.fmap_max}, 4² -> {config.model.max_resolution}²",
-        f"optimiser  Adam lr G {config.schedule.g_lr:g} D {config.schedule.d_lr:g}{_lr_notes(config.schedule)}, "
+        f"optimiser  Adam lr G {config.optimizer.g_lr:g} D {config.optimizer.d_lr:g}{_lr_notes(config.optimizer)}, "
         f"beta ({config.optimizer.beta1:g}, {config.optimizer.beta2:g}), EMA {training.ema_beta:g}"
         + (f" ({training.ema_beta_fade:g} in fade-ins)" if training.ema_beta_fade is not None else "")
         + ", "
@@ -344,14 +344,14 @@ def _short_schedule_lines(schedule) -> list[str]:
             f"is {needed:g} kimg (total_kimg {schedule.total_kimg:g})"]
 
 
-def _lr_notes(schedule) -> str:
+def _lr_notes(optimizer) -> str:
     """What changes the learning rates along the schedule, e.g. " (0.0015 at 4²; x0.75 in
     fade-ins)"; empty when nothing does."""
-    notes = [f"{lr:g} at {resolution}²" for resolution, lr in sorted(schedule.lr_by_resolution.items())]
-    if schedule.fade_lr_scale != 1:
-        notes.append(f"x{schedule.fade_lr_scale:g} in fade-ins")
-    if schedule.stable_lr_rampdown > 0:
-        notes.append(f"to 0 over the last {schedule.stable_lr_rampdown:.0%} of stable phases")
+    notes = [f"{lr:g} at {resolution}²" for resolution, lr in sorted(optimizer.lr_by_resolution.items())]
+    if optimizer.fade_lr_scale != 1:
+        notes.append(f"x{optimizer.fade_lr_scale:g} in fade-ins")
+    if optimizer.stable_lr_rampdown > 0:
+        notes.append(f"to 0 over the last {optimizer.stable_lr_rampdown:.0%} of stable phases")
     return f" ({'; '.join(notes)})" if notes else ""
 
 

@@ -99,7 +99,7 @@ def fade_alpha(images_seen, stage):
 
 def stable_lr_factor(images_seen, stage, rampdown: float):
     """The learning rates' factor in a stable phase: 1, then linearly down to 0 across the
-    phase's last ``rampdown`` fraction (``schedule.stable_lr_rampdown``)."""
+    phase's last ``rampdown`` fraction (``optimizer.stable_lr_rampdown``)."""
     length = max(stage.end_images - stage.start_images, 1)
     remaining = tf.cast(stage.end_images - images_seen, tf.float32) / length
     return tf.clip_by_value(remaining / rampdown, 0.0, 1.0)
@@ -271,7 +271,7 @@ class StageStep:
         state.networks.discriminator_fade.alpha.assign(alpha)
         # The one writer of both learning rates: the stage's, times the stable phase's
         # rampdown when it is on (a function of images seen, so a resume is exact).
-        rampdown = self.config.schedule.stable_lr_rampdown
+        rampdown = self.config.optimizer.stable_lr_rampdown
         factor = (stable_lr_factor(images_seen, self.stage, rampdown)
                   if rampdown > 0 and not self.stage.fading else 1.0)
         state.g_optimizer.learning_rate.assign(self.stage.g_lr * factor)

@@ -222,11 +222,11 @@ def finetune(run_dir: Path, out: Path, snapshot: str = "latest", lr_scale: float
     start, chosen = source.select_one(snapshot, kind="full")
     print(f"progan finetune: starting from {chosen} of {source.path}", flush=True)
     base = info.config
-    schedule = dataclasses.replace(
-        base.schedule, g_lr=base.schedule.g_lr * lr_scale, d_lr=base.schedule.d_lr * lr_scale,
-        lr_by_resolution={r: lr * lr_scale for r, lr in base.schedule.lr_by_resolution.items()},
-        total_kimg=start / 1000 + kimg)
-    config = dataclasses.replace(base, schedule=schedule)
+    optimizer = dataclasses.replace(
+        base.optimizer, g_lr=base.optimizer.g_lr * lr_scale, d_lr=base.optimizer.d_lr * lr_scale,
+        lr_by_resolution={r: lr * lr_scale for r, lr in base.optimizer.lr_by_resolution.items()})
+    config = dataclasses.replace(base, optimizer=optimizer, schedule=dataclasses.replace(
+        base.schedule, total_kimg=start / 1000 + kimg))
     if overrides:
         config = config.replace(**overrides)
     schedule = Schedule.of(config)
