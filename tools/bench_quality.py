@@ -96,7 +96,7 @@ def scored_kimgs(config) -> list[float]:
     """kimg of every phase end up to the end of the run (the snapshots that are scored)."""
     from progan.schedule import Schedule
 
-    schedule = Schedule(config.schedule, config.model.max_resolution)
+    schedule = Schedule.of(config)
     ends = [b for b in schedule.boundaries() if b < schedule.total_images] + [schedule.total_images]
     return [images / 1000 for images in ends]
 
@@ -124,7 +124,7 @@ def score_run(run: Path, data: Path, args, config) -> dict:
     from progan.evaluation.sliced_wasserstein import swd
     from progan.schedule import Schedule
 
-    schedule = Schedule(config.schedule, config.model.max_resolution)
+    schedule = Schedule.of(config)
     kimgs = scored_kimgs(config)
     if args.score_kimg:
         wanted = {float(k) for k in args.score_kimg.split(",")}
