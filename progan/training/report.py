@@ -338,7 +338,7 @@ def _short_schedule_lines(schedule) -> list[str]:
         return []
     where = f"{last.resolution}x{last.resolution}" + (" while it fades in" if last.fading else "")
     needed = Schedule(dataclasses.replace(schedule.config, total_kimg=None),
-                      schedule.max_resolution).total_kimg
+                      schedule.max_resolution, schedule.optimizer).total_kimg
     return [f"warning    the run ends at {where}, before its top resolution "
             f"{schedule.max_resolution}x{schedule.max_resolution} is trained: the full schedule "
             f"is {needed:g} kimg (total_kimg {schedule.total_kimg:g})"]
