@@ -7,10 +7,12 @@ thin, the length is the help a user reads.)
 """
 
 import argparse
+import contextlib
 import math
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -366,20 +368,14 @@ def main(argv=None):
 
 def _main(argv):
     from progan.dataset.format import DatasetError
-
-    from progan.dataset.writer import Terminated, terminate_on_sigterm
+    from progan.dataset.pool import Terminated, stop_on_signals
 
     parser = build_parser()
     args = parser.parse_args(argv)
     args.building = False
-    import threading
-
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGTERM)
-        terminate_on_sigterm()
     try:
-        return COMMANDS[args.command](args)
+        with stop_on_signals(), _one_line_warnings():
+            return COMMANDS[args.command](args)
     except DatasetError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
@@ -389,9 +385,22 @@ def _main(argv):
                 if args.building else "")
         print(f"{PROG}: interrupted by {cause}{note}", file=sys.stderr)
         return 130 if cause == "SIGINT" else 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Show a warning (e.g. "no dataset.json: all records count as train") as one line
+    ``progan-dataset: warning: ...`` instead of Python's two lines of file and source."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

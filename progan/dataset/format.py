@@ -55,11 +55,13 @@ import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from progan.errors import ProganError
+from progan.system import held_native_stderr
 
 FORMAT_NAME = "progan-dataset"
 FORMAT_VERSION = 1
@@ -71,6 +73,27 @@ LABEL_KINDS = ("multi_label", "one_hot")
 
 class DatasetError(ProganError):
     """Bad input or a dataset that cannot be used; the message is one line for the user."""
+
+
+def tensorflow():
+    """The ``tensorflow`` module, which writes and reads the records, imported through
+    ``progan.backend``: its C++ start-up lines are held back (shown only if the import
+    fails) and its C++ log lines are off, so no TensorFlow line reaches the terminal of the
+    dataset tool. A Ctrl-C or SIGTERM during the import propagates without the held lines."""
+    backend = sys.modules.get("progan.backend")
+    if backend is not None:
+        return backend.tf
+    interrupted = None
+    with held_native_stderr():
+        try:
+            from progan.backend import tf
+        except Exception:  # a real failure: raised with the held lines shown
+            raise
+        except BaseException as error:  # KeyboardInterrupt, the build's Terminated
+            interrupted = error
+    if interrupted is not None:
+        raise interrupted
+    return tf
 
 
 def level_filename(name, resolution):
@@ -126,8 +149,7 @@ def find_level_files(directory):
 
 def serialize_example(image_chw):
     """One record: a serialized ``tf.train.Example`` with ``shape`` [C, H, W] and ``data`` (uint8 CHW bytes)."""
-    import tensorflow as tf
-
+    tf = tensorflow()
     feature = {
         "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=image_chw.shape)),
         "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_chw.tobytes()])),

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from progan.dataset.format import (LABEL_KINDS, DatasetError, find_labels_file, find_level_files,
-                                   labels_kind, read_manifest)
+                                   labels_kind, read_manifest, tensorflow)
 
 SPLITS = ("train", "test", "all")
 PARSE_BATCH = 2048
@@ -236,8 +236,7 @@ def _split_labels(info, split):
 
 def count_records(file):
     """Number of records in a TFRecord file."""
-    import tensorflow as tf
-
+    tf = tensorflow()
     try:
         return int(tf.data.TFRecordDataset(str(file)).reduce(np.int64(0), lambda count, _: count + 1))
     except tf.errors.OpError as error:
@@ -246,8 +245,7 @@ def count_records(file):
 
 def _parse_batch(serialized):
     """Serialized Examples [B] -> uint8 images [B, H, W, C] (records store CHW)."""
-    import tensorflow as tf
-
+    tf = tensorflow()
     features = tf.io.parse_example(serialized, {
         "shape": tf.io.FixedLenFeature([3], tf.int64),
         "data": tf.io.FixedLenFeature([], tf.string)})
@@ -259,8 +257,7 @@ def _parse_batch(serialized):
 
 def iter_level(file, first=0, count=None, batch_size=PARSE_BATCH):
     """uint8 image batches [<=batch_size, H, W, C] of records first.. of a level file, in order."""
-    import tensorflow as tf
-
+    tf = tensorflow()
     records = tf.data.TFRecordDataset(str(file), buffer_size=8 << 20).skip(first)
     if count is not None:
         records = records.take(count)
@@ -403,8 +400,7 @@ class RecordFile:
     """
 
     def __init__(self, file, first, count):
-        import tensorflow as tf
-
+        tf = tensorflow()
         self.file, self.first, self.count = Path(file), int(first), int(count)
         self.fd = os.open(self.file, os.O_RDONLY)
         try:
@@ -541,8 +537,7 @@ def load(path, resolution, split="train", batch_size=32, mirror=False, seed=0, s
         of the records in the batch (see ``read_labels``; mirroring leaves them as they
         are). A data set without labels is then an error.
     """
-    import tensorflow as tf
-
+    tf = tensorflow()
     info = open_dataset(path)
     first, stop = info.split_range(split)
     _check_load(path, split, stop - first, batch_size, start_image, shard_index, shard_count,

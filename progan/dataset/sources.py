@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from progan.dataset.format import DatasetError, log2_resolution
+from progan.dataset.format import DatasetError, log2_resolution, tensorflow
 
 CELEBA_IMAGE_COUNT = 202_599
 CELEBA_SIZE = (178, 218)  # PIL (width, height)
@@ -582,7 +582,7 @@ class TfdsSource(ImageSource):
 
     def _attribute_labels(self, features):
         """A LabelSpec of the boolean ``attributes`` dict of the features, or None."""
-        import tensorflow as tf
+        tf = tensorflow()
         import tensorflow_datasets as tfds
 
         found = features["attributes"] if "attributes" in features else None
