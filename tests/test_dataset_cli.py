@@ -100,3 +100,21 @@ def test_tools_script_runs_the_same_main(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("progan-dataset: error: CELEBA")
     assert not (tmp_path / "out").exists()
+
+
+def test_every_flag_and_argument_of_every_command_has_a_help_line():
+    import argparse
+
+    from progan.dataset.cli import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    parsers = {"progan-dataset": parser, **commands.choices}
+    assert set(commands.choices) == {"create_celeba", "create_from_images", "create_tfds",
+                                     "create_synthetic", "info", "extract", "compare", "verify"}
+    missing = [f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
+               for name, sub in parsers.items() for action in sub._actions
+               if not isinstance(action, argparse._HelpAction)
+               and (not action.help or action.help == argparse.SUPPRESS)]
+    assert missing == []

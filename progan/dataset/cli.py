@@ -1,9 +1,7 @@
 """``progan-dataset``: create, inspect, extract, compare and verify TFRecord datasets.
 
-Every sub-command only parses its flags and calls the dataset package.
-
-(Over 300 lines: eight sub-commands with help texts that show every default; the parsing is
-thin, the length is the help a user reads.)
+Every sub-command only parses its flags and calls the dataset package; every flag's help
+says what it means, its unit and its default.
 """
 
 import argparse
@@ -18,19 +16,29 @@ from pathlib import Path
 import numpy as np
 
 PROG = "progan-dataset"
+OUT_HELP = "the data set folder to create; its level files are named after it (OUT-rXX.tfrecords)"
 
 
 def _create_flags():
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--max-resolution", type=int, default=None,
-                        help="highest level written (e.g. 64); default: the source's resolution")
-    parent.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
-    parent.add_argument("--train-count", type=int, default=None,
-                        help="records in the train split (default: 200,000 for CelebA, else all)")
-    parent.add_argument("--strict", action="store_true", help="an unreadable input is an error, not a skip")
+    parent.add_argument("--max-resolution", type=int, default=None, metavar="PIXELS",
+                        help="highest level written, a power of two (e.g. 64); lower levels are "
+                             "the same either way (default: the source's resolution)")
+    parent.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes decoding images in parallel; 1 decodes in this process "
+                             "(default: every core this process may use)")
+    parent.add_argument("--train-count", type=int, default=None, metavar="N",
+                        help="records in the train split, the first N; the rest are the test "
+                             "split (default: 200,000 for CelebA, else every record)")
+    parent.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable input (default: skip it with a warning "
+                             "and list it in dataset.json)")
     parent.add_argument("--overwrite", action="store_true",
-                        help="replace OUT if it is a data set written by this tool (never anything else)")
-    parent.add_argument("--quiet", action="store_true", help="no progress output")
+                        help="replace OUT if it is a data set written by this tool, once the new "
+                             "one is complete; never anything else (default: refuse an existing OUT)")
+    parent.add_argument("--quiet", action="store_true",
+                        help="no progress bar or labels line; warnings and the summary still print "
+                             "(default: progress on stderr)")
     return parent
 
 
@@ -39,82 +47,117 @@ def _add_create_commands(commands):
     create = _create_flags()
 
     sub = commands.add_parser("create_celeba", parents=[create],
-                              help="CelebA aligned & cropped (JPEG/PNG folder or zip)")
-    sub.add_argument("out", type=Path, metavar="OUT")
+                              help="CelebA aligned & cropped (official or Kaggle copy; folder or zip)")
+    sub.add_argument("out", type=Path, metavar="OUT", help=OUT_HELP)
     sub.add_argument("celeba", type=Path, metavar="CELEBA",
-                     help="img_align_celeba/, img_align_celeba_png/, img_align_celeba.zip or their parent")
-    sub.add_argument("--cx", type=int, default=89, help="crop centre x (default 89)")
-    sub.add_argument("--cy", type=int, default=121, help="crop centre y (default 121)")
-    sub.add_argument("--max-images", type=int, default=None,
-                     help="use the first N sorted files instead of checking the full 202,599")
+                     help="img_align_celeba/ (JPEG), img_align_celeba_png/, img_align_celeba.zip, "
+                          "Kaggle's zip, or a folder holding one of them (Kaggle's "
+                          "img_align_celeba/img_align_celeba/ is found)")
+    sub.add_argument("--cx", type=int, default=89, metavar="PIXELS",
+                     help="centre x of the 128x128 crop in the 178x218 image (default 89)")
+    sub.add_argument("--cy", type=int, default=121, metavar="PIXELS",
+                     help="centre y of the 128x128 crop in the 178x218 image (default 121)")
+    sub.add_argument("--max-images", type=int, default=None, metavar="N",
+                     help="use the first N files in name order (default: all, and exactly 202,599 "
+                          "are required)")
     choice = sub.add_mutually_exclusive_group()
     choice.add_argument("--attributes", type=Path, default=None, metavar="FILE",
-                        help="list_attr_celeba.txt to store as labels (default: found beside the "
-                             "images, in the zip, or not at all)")
-    choice.add_argument("--no-attributes", action="store_true", help="store no labels")
+                        help="list_attr_celeba.txt or Kaggle's list_attr_celeba.csv, stored as 40 "
+                             "labels (default: found in the zip, beside the images, up to two "
+                             "folders above them or in an Anno/ folder there; none found: no labels)")
+    choice.add_argument("--no-attributes", action="store_true",
+                        help="store no labels even if an attributes file is found")
+    sub.add_argument("--partition", choices=("thesis", "official"), default="thesis",
+                     help="which records are train: thesis = the first 200,000 in the reference "
+                          "order (the same data set from every copy of CelebA); official = the "
+                          "images list_eval_partition.txt/.csv marks 0 (162,770), followed by its "
+                          "validation (1) and test (2) images as the test split (default thesis)")
 
     sub = commands.add_parser("create_from_images", parents=[create],
                               help="any folder (recursive) of JPEG/PNG/WebP images")
-    sub.add_argument("out", type=Path, metavar="OUT")
-    sub.add_argument("directory", type=Path, metavar="DIR")
-    sub.add_argument("--size", type=int, required=True,
-                     help="images are cropped and resized to SIZE x SIZE, a power of two")
+    sub.add_argument("out", type=Path, metavar="OUT", help=OUT_HELP)
+    sub.add_argument("directory", type=Path, metavar="DIR",
+                     help="the folder of images; every file under it (sub-folders too) is read")
+    sub.add_argument("--size", type=int, required=True, metavar="PIXELS",
+                     help="images are centre-cropped to a square and resized to SIZE x SIZE, a "
+                          "power of two (required)")
     sub.add_argument("--labels", choices=("none", "folders"), default="none",
-                     help="folders: each first-level sub-folder of DIR is a class (one-hot labels)")
+                     help="folders: each first-level sub-folder of DIR is a class, stored as one-hot "
+                          "labels (default none)")
 
     sub = commands.add_parser("create_tfds", parents=[create], help="an image dataset of TensorFlow Datasets")
-    sub.add_argument("out", type=Path, metavar="OUT")
-    sub.add_argument("name", metavar="NAME", help="e.g. celeb_a")
-    sub.add_argument("--split", default="train")
-    sub.add_argument("--data-dir", type=Path, default=None)
-    sub.add_argument("--image-key", default="image")
-    sub.add_argument("--size", type=int, default=None,
-                     help="images are resized to SIZE x SIZE (default: their own size; celeb_a "
-                          "gets the 128x128 CelebA crop)")
-    sub.add_argument("--cx", type=int, default=89)
-    sub.add_argument("--cy", type=int, default=121)
+    sub.add_argument("out", type=Path, metavar="OUT", help=OUT_HELP)
+    sub.add_argument("name", metavar="NAME", help="the TFDS dataset, e.g. celeb_a or cifar10")
+    sub.add_argument("--split", default="train",
+                     help="the TFDS split read, e.g. train or test (default train)")
+    sub.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                     help="TFDS's data folder, where it downloads and prepares the dataset; files "
+                          "downloaded by hand go in DIR/downloads/manual/ (default: $TFDS_DATA_DIR, "
+                          "else ~/tensorflow_datasets)")
+    sub.add_argument("--image-key", default="image", metavar="FEATURE",
+                     help="the feature that holds the image (default image)")
+    sub.add_argument("--size", type=int, default=None, metavar="PIXELS",
+                     help="images are centre-cropped and resized to SIZE x SIZE, a power of two "
+                          "(required except for celeb_a, which gets the 128x128 CelebA crop)")
+    sub.add_argument("--cx", type=int, default=89, metavar="PIXELS",
+                     help="celeb_a only: centre x of the 128x128 crop (default 89)")
+    sub.add_argument("--cy", type=int, default=121, metavar="PIXELS",
+                     help="celeb_a only: centre y of the 128x128 crop (default 121)")
     sub.add_argument("--no-attributes", action="store_true",
-                     help="do not store the boolean 'attributes' feature (celeb_a's 40) as labels")
+                     help="do not store the boolean 'attributes' feature (celeb_a's 40) as labels "
+                          "(default: stored when the dataset has it)")
 
     sub = commands.add_parser("create_synthetic", parents=[create], help="procedural faces (demo, tests)")
-    sub.add_argument("out", type=Path, metavar="OUT")
-    sub.add_argument("--num-images", type=int, default=4096)
-    sub.add_argument("--size", type=int, default=32, help="image size (default 32)")
-    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("out", type=Path, metavar="OUT", help=OUT_HELP)
+    sub.add_argument("--num-images", type=int, default=4096, metavar="N",
+                     help="number of faces (default 4096)")
+    sub.add_argument("--size", type=int, default=32, metavar="PIXELS",
+                     help="side of the square faces, a power of two (default 32)")
+    sub.add_argument("--seed", type=int, default=0,
+                     help="face i is drawn from numpy's default_rng([SEED, i]) (default 0)")
     choice = sub.add_mutually_exclusive_group()
     choice.add_argument("--attributes", choices=("basic", "extended"), default="basic",
                         help="basic: Dark_Hair, Pale_Skin (the default images); extended: also "
-                             "Eyeglasses and Smiling, drawn into the faces (other images)")
-    choice.add_argument("--no-attributes", action="store_true", help="store no labels")
+                             "Eyeglasses and Smiling, drawn into the faces (other images) "
+                             "(default basic)")
+    choice.add_argument("--no-attributes", action="store_true",
+                        help="store no labels (the images are the basic ones)")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog=PROG, description="Create and inspect multi-resolution TFRecord datasets "
         "(the layout of NVIDIA's progressive_growing_of_gans dataset_tool.py).")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="what to do; COMMAND -h shows its flags")
     _add_create_commands(commands)
 
     sub = commands.add_parser("info", help="counts, levels, split, checksums, source, labels")
-    sub.add_argument("directory", type=Path, metavar="DIR")
+    sub.add_argument("directory", type=Path, metavar="DIR", help="the data set folder")
 
     sub = commands.add_parser("extract", help="write some records of one level as PNGs or one grid PNG")
-    sub.add_argument("directory", type=Path, metavar="DIR")
-    sub.add_argument("dest", type=Path, metavar="DEST", help="a directory, or the grid's .png file with --grid")
-    sub.add_argument("--level", type=int, default=None,
+    sub.add_argument("directory", type=Path, metavar="DIR", help="the data set folder")
+    sub.add_argument("dest", type=Path, metavar="DEST",
+                     help="a folder for the PNGs (created if missing; existing PNGs of the same "
+                          "names are not replaced), or with --grid the new .png file")
+    sub.add_argument("--level", type=int, default=None, metavar="PIXELS",
                      help="which level, by its resolution (default: the top one)")
-    sub.add_argument("--split", default="all", choices=("train", "test", "all"))
-    sub.add_argument("--start", type=int, default=0, help="first record of the split")
-    sub.add_argument("--count", type=int, default=64)
-    sub.add_argument("--grid", action="store_true", help="one grid image instead of one PNG per record")
+    sub.add_argument("--split", default="all", choices=("train", "test", "all"),
+                     help="which records to count from (default all)")
+    sub.add_argument("--start", type=int, default=0, metavar="N",
+                     help="first record, counted from the start of the split (default 0)")
+    sub.add_argument("--count", type=int, default=64, metavar="N",
+                     help="number of records, fewer if the split ends first (default 64)")
+    sub.add_argument("--grid", action="store_true",
+                     help="one grid image, nearly square, instead of one PNG per record")
 
     sub = commands.add_parser("compare", help="compare two datasets record by record")
-    sub.add_argument("first", type=Path, metavar="A")
-    sub.add_argument("second", type=Path, metavar="B")
+    sub.add_argument("first", type=Path, metavar="A", help="a data set folder")
+    sub.add_argument("second", type=Path, metavar="B", help="the data set folder to compare it with")
 
     sub = commands.add_parser("verify", help="check the level and labels files against dataset.json "
                                              "(sha256, counts)")
-    sub.add_argument("directory", type=Path, metavar="DIR")
+    sub.add_argument("directory", type=Path, metavar="DIR", help="the data set folder")
     return parser
 
 

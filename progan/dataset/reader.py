@@ -1,7 +1,5 @@
 """Read a prepared dataset (ours or the reference tool's) as batches for training.
 
-(Over 300 lines: the in-memory and streaming paths share the stream order and must stay
-side by side to stay identical.)
 
 ``load`` serves batches in a stream whose content is a pure function of ``(seed,
 position)``: the image at stream position ``p`` is record ``permutation_e[p mod n]`` of

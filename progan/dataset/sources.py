@@ -1,6 +1,5 @@
 """Where images come from: CelebA, an image folder, TensorFlow Datasets.
 
-(Over 300 lines: one small class per source, with the decoding they share.)
 
 A source lists its items in record order in the main process (``items()``,
 cheap picklable values: file names, or encoded bytes for tfds) and turns one
