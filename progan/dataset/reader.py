@@ -1,6 +1,5 @@
 """Read a prepared dataset (ours or the reference tool's) as batches for training.
 
-
 ``load`` serves batches in a stream whose content is a pure function of ``(seed,
 position)``: the image at stream position ``p`` is record ``permutation_e[p mod n]`` of
 the split, with ``e = p div n`` the epoch and ``permutation_e`` drawn from

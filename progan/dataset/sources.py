@@ -1,6 +1,5 @@
 """Where images come from: CelebA, an image folder, TensorFlow Datasets.
 
-
 A source lists its items in record order in the main process (``items()``,
 cheap picklable values: file names, or encoded bytes for tfds) and turns one
 item into a square uint8 RGB image in a worker process (``load(item)``). A
