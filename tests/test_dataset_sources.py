@@ -1,5 +1,9 @@
 """progan.dataset.sources: CelebA discovery and checks, image folders, TensorFlow Datasets."""
 
+import json
+import shutil
+import zipfile
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -7,7 +11,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from dataset_fixtures import make_celeba_like_images, read_records
 
+from progan.dataset.cli import main
 from progan.dataset.format import DatasetError
+from progan.dataset.reader import read_images, read_labels
 from progan.dataset.sources import ImageFolderSource, TfdsSource, celeba_source, reference_order
 from progan.dataset.writer import write_dataset
 
@@ -107,3 +113,120 @@ def test_tfds_celeb_a_offline_with_mock_data(tmp_path):
         assert shape == (3, 64, 64)
         np.testing.assert_array_equal(np.frombuffer(data, np.uint8).reshape(3, 64, 64),
                                       level.transpose(2, 0, 1))
+
+
+# -- CelebA as Kaggle ships it ------------------------------------------------------------------
+
+KAGGLE_COUNT = 6
+KAGGLE_PARTITION = [0, 1, 0, 2, 0, 1]  # of files 000001.jpg .. 000006.jpg
+
+
+@pytest.fixture(scope="module")
+def kaggle(tmp_path_factory):
+    """A small copy of Kaggle's CelebA (images in img_align_celeba/img_align_celeba/, CSVs at
+    the root, rows listed in another order than the files) and the zip Kaggle serves it as;
+    returns (root, zip, int8 -1/1 attributes of files 1..6 [6, 3])."""
+    root = tmp_path_factory.mktemp("kaggle") / "celeba-dataset"
+    paths = make_celeba_like_images(root / "img_align_celeba" / "img_align_celeba", KAGGLE_COUNT,
+                                    seed=4, suffix=".jpg")
+    names = [path.rsplit("/", 1)[1] for path in paths]
+    values = np.random.default_rng(4).choice(np.array([-1, 1], np.int8), (KAGGLE_COUNT, 3))
+    rows = [f"{name},{','.join(str(v) for v in row)}" for name, row in zip(names, values)][::-1]
+    (root / "list_attr_celeba.csv").write_text(
+        "image_id,5_o_Clock_Shadow,Arched_Eyebrows,Smiling\r\n" + "\r\n".join(rows) + "\r\n")
+    (root / "list_eval_partition.csv").write_text(
+        "image_id,partition\n" + "".join(f"{n},{p}\n" for n, p in zip(names, KAGGLE_PARTITION)))
+    (root / "list_bbox_celeba.csv").write_text("image_id,x_1,y_1,width,height\n")
+    archive = root.parent / "archive.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                handle.write(path, str(path.relative_to(root)))
+    return root, archive, values
+
+
+@pytest.mark.parametrize("where", ["folder", "zip"])
+def test_kaggle_celeba_builds_with_its_csv_attributes(kaggle, tmp_path, capsys, where):
+    root, archive, values = kaggle
+    out = tmp_path / "faces"
+    assert main(["create_celeba", str(out), str(root if where == "folder" else archive),
+                 "--max-images", str(KAGGLE_COUNT), "--max-resolution", "8", "--workers", "1",
+                 "--quiet"]) == 0
+    origin = root / "list_attr_celeba.csv" if where == "folder" else f"{archive}:list_attr_celeba.csv"
+    assert f"labels 3 multi_label from {origin}" in capsys.readouterr().out
+    labels = read_labels(out, "all")
+    assert labels.names == ["5_o_Clock_Shadow", "Arched_Eyebrows", "Smiling"]
+    order = np.random.RandomState(123).permutation(KAGGLE_COUNT)  # record j is file order[j]
+    np.testing.assert_array_equal(labels.values, (values[order] > 0).astype(np.float32))
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert (manifest["train_count"], manifest["split"]["rule"]) == (KAGGLE_COUNT, "thesis")
+
+
+def test_kaggle_official_partition_orders_train_then_val_then_test(kaggle, tmp_path, capsys):
+    root, _, values = kaggle
+    common = ["--max-images", str(KAGGLE_COUNT), "--max-resolution", "8", "--workers", "2", "--quiet"]
+    assert main(["create_celeba", str(tmp_path / "thesis"), str(root)] + common) == 0
+    assert main(["create_celeba", str(tmp_path / "official"), str(root), "--partition", "official"]
+                + common) == 0
+    capsys.readouterr()
+    order = np.random.RandomState(123).permutation(KAGGLE_COUNT)
+    expected = [f for part in (0, 1, 2) for f in order if KAGGLE_PARTITION[f] == part]
+    thesis = read_images(tmp_path / "thesis", 8, "all")
+    position = {file: record for record, file in enumerate(order)}
+    np.testing.assert_array_equal(read_images(tmp_path / "official", 8, "all"),
+                                  thesis[[position[f] for f in expected]])
+    np.testing.assert_array_equal(read_labels(tmp_path / "official", "all").values,
+                                  (values[expected] > 0).astype(np.float32))
+    manifest = json.loads((tmp_path / "official" / "dataset.json").read_text())
+    assert (manifest["train_count"], manifest["test_count"]) == (3, 3)
+    assert manifest["order"] == "permutation(123) by partition"
+    assert {key: manifest["split"][key] for key in ("rule", "train", "val", "test")} == {
+        "rule": "official", "train": 3, "val": 2, "test": 1}
+    assert main(["info", str(tmp_path / "official")]) == 0
+    out = capsys.readouterr().out
+    assert "split       train 3 (records 0..2), test 3" in out
+    assert f"the official partition of {root / 'list_eval_partition.csv'}: records 0..2" in out
+    assert main(["create_celeba", str(tmp_path / "x"), str(root), "--partition", "official",
+                 "--train-count", "2"] + common) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "progan-dataset: error: --train-count 2: the source's records come in partitions "
+        "(train, val, test) that set the train split; leave --train-count out"]
+    assert not (tmp_path / "x").exists()
+
+
+def test_official_txt_files_with_a_bom_and_crlf_and_a_missing_attributes_file(kaggle, tmp_path,
+                                                                                 capsys):
+    root, _, values = kaggle
+    celeba = tmp_path / "CelebA"  # the official download's folders
+    shutil.copytree(root / "img_align_celeba" / "img_align_celeba", celeba / "Img" / "img_align_celeba")
+    names = sorted(p.name for p in (celeba / "Img" / "img_align_celeba").iterdir())
+    header = "5_o_Clock_Shadow Arched_Eyebrows Smiling"
+    lines = [str(KAGGLE_COUNT), header] + [f"{n} " + " ".join(f"{v:2d}" for v in row)
+                                           for n, row in zip(names, values)]
+    (celeba / "Anno").mkdir()
+    (celeba / "Anno" / "list_attr_celeba.txt").write_bytes(
+        b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    (celeba / "Eval").mkdir()
+    (celeba / "Eval" / "list_eval_partition.txt").write_text(
+        "".join(f"{n} {p}\n" for n, p in zip(names, KAGGLE_PARTITION)))
+    source = celeba_source(celeba / "Img", max_images=KAGGLE_COUNT, partition="official")
+    assert source.labels.origin == str(celeba / "Anno" / "list_attr_celeba.txt")
+    assert [source.label(f).tolist() for f in source.files] == (values > 0).tolist()
+    assert [source.partition_of(f) for f in source.files] == KAGGLE_PARTITION
+
+    (celeba / "Anno" / "list_attr_celeba.txt").unlink()
+    common = ["--max-images", str(KAGGLE_COUNT), "--max-resolution", "8", "--workers", "1", "--quiet"]
+    assert main(["create_celeba", str(tmp_path / "out"), str(celeba / "Img")] + common) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"progan-dataset: warning: found the images in {celeba / 'Img' / 'img_align_celeba'} but no "
+        "list_attr_celeba.txt or .csv with them: the data set gets no labels (name the file with "
+        "--attributes FILE, or pass --no-attributes)"]
+    assert "labels" not in captured.out and not list((tmp_path / "out").glob("*.labels"))
+    (celeba / "Eval" / "list_eval_partition.txt").unlink()
+    assert main(["create_celeba", str(tmp_path / "none"), str(celeba / "Img"), "--partition",
+                 "official", "--no-attributes"] + common) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("progan-dataset: error: --partition official: no list_eval_partition.txt "
+                           "or list_eval_partition.csv found for ") and "\n" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CelebA", "out"]

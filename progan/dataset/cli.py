@@ -187,10 +187,14 @@ def create_celeba(args):
     from progan.dataset.sources import celeba_source
 
     attributes = None if args.no_attributes else args.attributes or "auto"
-    source = celeba_source(args.celeba, args.cx, args.cy, args.max_images, attributes)
+    source = celeba_source(args.celeba, args.cx, args.cy, args.max_images, attributes, args.partition)
     if attributes == "auto" and source.labels is None:
-        print(f"{PROG}: note: no list_attr_celeba.txt beside {source.location}: the data set gets "
-              "no labels (name the file with --attributes FILE)", file=sys.stderr)
+        print(f"{PROG}: warning: found the images in {source.location} but no list_attr_celeba.txt "
+              "or .csv with them: the data set gets no labels (name the file with --attributes "
+              "FILE, or pass --no-attributes)", file=sys.stderr)
+    if args.partition == "thesis" and source.partition_found and not args.quiet:
+        print(f"{PROG}: note: split as in the thesis (the first 200,000 records train); "
+              f"--partition official would use {source.partition_found}", file=sys.stderr)
     return _write(args, source)
 
 
@@ -223,6 +227,9 @@ def info(args):
     print(f"images      {dataset.image_count}")
     print(f"split       train {dataset.train_count} (records 0..{dataset.train_count - 1}), "
           f"test {dataset.image_count - dataset.train_count}")
+    rule = (manifest or {}).get("split")
+    if isinstance(rule, dict) and rule.get("description"):
+        print(f"            {rule['description']}")
     if manifest is None:
         print("manifest    none (reference-tool dataset): all records count as train")
         for resolution, file in sorted(dataset.level_files.items(), reverse=True):

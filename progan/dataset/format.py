@@ -25,9 +25,16 @@ Record ``i`` of every level file is the same image. Our tool adds
 - ``image_count``: records per level file;
 - ``order``: ``"permutation(123)"`` (the reference tool's order: record ``j`` is
   source file ``numpy.random.RandomState(123).permutation(N)[j]`` of the
-  ``N`` sorted files), ``"source"`` (the source's own order) or ``"generated"``;
+  ``N`` sorted files), ``"permutation(123) by partition"`` (that order within each
+  partition of CelebA's ``list_eval_partition``: its train images, then validation, then
+  test), ``"source"`` (the source's own order) or ``"generated"``;
 - ``train_count`` / ``test_count``: the first ``train_count`` records are the
   train split, the rest the test split;
+- ``split`` (absent in data sets of earlier versions): how the train split was chosen, ``{"rule",
+  "description"}`` with ``rule`` one of ``"all"`` (every record is train), ``"thesis"``
+  (CelebA: the first 200,000 records of the reference order), ``"official"`` (CelebA's
+  ``list_eval_partition``; also ``"file"``, and ``"train"``, ``"val"``, ``"test"``: the
+  records of each partition, in that order) or ``"train_count"`` (``--train-count``);
 - ``skipped``: list of ``{"file", "reason"}`` for inputs that could not be read
   (short reasons: "empty file", "not an image", "truncated JPEG", "damaged PNG (...)");
   ``skipped_count``;

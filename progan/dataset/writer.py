@@ -25,6 +25,7 @@ is written in the staging folder with the level files and moves with them: a dat
 never has labels without records or records without their labels.
 """
 
+import collections
 import ctypes
 import hashlib
 import json
@@ -364,6 +365,10 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     if train_count is not None:
         if train_count < 0:
             raise DatasetError(f"--train-count {train_count}: expected a count >= 0")
+        if source.partitions is not None:
+            raise DatasetError(f"--train-count {train_count}: the source's records come in "
+                               f"partitions ({', '.join(source.partitions)}) that set the train "
+                               "split; leave --train-count out")
         if source.count is not None and train_count > source.count:
             raise DatasetError(f"--train-count {train_count}: the source has only "
                                f"{source.count:,} images")
@@ -384,6 +389,7 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     level_names = [level_filename(name, r) for r in resolutions]
     current = staging
     image_count, skipped, notes, label_rows = 0, [], [], []
+    partition_counts = collections.Counter()
     if source.labels is not None and progress:  # the summary line says it when quiet
         bar.write(f"labels: {len(source.labels.names)} {source.labels.kind} from {source.labels.origin}")
     try:
@@ -413,10 +419,14 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
                     current = staging / level_name
                     output.write(records)
                     part.unlink()
-                if source.labels is not None:  # the items written, in record order
-                    label_rows.extend(source.label(reply["items"][k]) for k in reply["kept"])
+                written = [reply["items"][k] for k in reply["kept"]]  # in record order
+                if source.labels is not None:
+                    label_rows.extend(source.label(item) for item in written)
+                if source.partitions is not None:
+                    partition_counts.update(source.partition_of(item) for item in written)
                 image_count += reply["written"]
                 bar.update(reply["written"] + len(chunk_skipped))
+                _check_train_count(train_count, source.count, skipped)
             current = staging
         finally:
             chunks.close()  # stops the workers
@@ -429,7 +439,13 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
         if image_count == 0:
             raise DatasetError(f"{source.description.get('path', name)}: no readable images "
                                f"({len(skipped)} skipped)")
-        train = source.default_train_count(image_count) if train_count is None else int(train_count)
+        if train_count is None:
+            train, split = source.default_split(image_count, partition_counts)
+        else:
+            train, split = int(train_count), {
+                "rule": "train_count",
+                "description": f"the first {train_count:,} records are train (--train-count), "
+                               "the rest test"}
         if not 0 <= train <= image_count:
             raise DatasetError(f"--train-count {train}: only {image_count:,} images were readable "
                                f"({len(skipped)} skipped); expected 0..{image_count}")
@@ -441,7 +457,7 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
             "name": name, "source": source.description, "crop": source.crop,
             "resolution": top, "source_resolution": source.resolution, "channels": 3,
             "image_count": image_count, "order": source.order,
-            "train_count": train, "test_count": image_count - train,
+            "train_count": train, "test_count": image_count - train, "split": split,
             "skipped_count": len(skipped), "skipped": [_skip_entry(reason) for reason in skipped],
             "notes": {kind: {"count": line["count"], "example": line["example"]}
                       for kind, line in summary.items()},
@@ -471,6 +487,15 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     finally:
         bar.close()
     return manifest
+
+
+def _check_train_count(train_count, count, skipped):
+    """Stop a build as soon as ``--train-count`` exceeds the images that can still be readable
+    (the inputs less those skipped so far), rather than at its end."""
+    if train_count is not None and count is not None and count - len(skipped) < train_count:
+        raise DatasetError(f"--train-count {train_count}: at most {count - len(skipped):,} images "
+                           f"can be readable ({count:,} inputs, {len(skipped):,} skipped so far); "
+                           f"expected at most that many")
 
 
 def _write_labels(path, spec, rows):
