@@ -1,6 +1,7 @@
 """progan.dataset.sources: CelebA discovery and checks, image folders, TensorFlow Datasets."""
 
 import json
+import os
 import shutil
 import zipfile
 
@@ -230,3 +231,41 @@ def test_official_txt_files_with_a_bom_and_crlf_and_a_missing_attributes_file(ka
     assert line.startswith("progan-dataset: error: --partition official: no list_eval_partition.txt "
                            "or list_eval_partition.csv found for ") and "\n" not in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CelebA", "out"]
+
+
+def test_tfds_download_failures_are_one_line_with_the_way_around(tmp_path, monkeypatch, capsys):
+    from tensorflow_datasets.core.download import download_manager, util
+
+    url = "https://drive.google.com/uc?export=download&id=0B7EVK8r0v71pZjFTYXZWM3FlRnM"
+    failures = []
+
+    def refuse(self, *args, **kwargs):  # what TFDS raises when Drive sends its quota page instead
+        failures.append(self.name)
+        raise download_manager.NonMatchingChecksumError(
+            f"Artifact {url}, downloaded to {tmp_path}/tfds/downloads/x.zip, has wrong checksum:\n"
+            "* Expected: UrlInfo(size=1.34 GiB)\n* Got: UrlInfo(size=2.35 KiB)")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
+    data_dir = tmp_path / "tfds"
+    assert main(["create_tfds", str(tmp_path / "out"), "celeb_a", "--data-dir", str(data_dir)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert failures == ["celeb_a"] and len(lines) == 1, lines
+    assert lines[0].startswith(f"progan-dataset: error: NAME celeb_a: the download failed (Artifact {url}, ")
+    assert "download quota" in lines[0] and "run: progan-dataset create_celeba OUT FOLDER" in lines[0]
+    assert f"img_align_celeba.zip, list_attr_celeba.txt, list_eval_partition.txt, " \
+           f"list_landmarks_align_celeba.txt, identity_CelebA.txt in {data_dir / 'downloads' / 'manual'}/" \
+           in lines[0]
+
+    def unreachable(self, *args, **kwargs):
+        raise util.DownloadError("Failed to get url https://example.org/x.tar. HTTP code: 503.")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", unreachable)
+    assert main(["create_tfds", str(tmp_path / "out"), "cifar10", "--size", "32", "--data-dir",
+                 str(data_dir)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "progan-dataset: error: NAME cifar10: the download failed (Failed to get url "
+        "https://example.org/x.tar. HTTP code: 503.); check the network and try again, or put the "
+        f"files TFDS downloads for it in {data_dir / 'downloads' / 'manual'}/"]
+    assert main(["create_tfds", str(tmp_path / "out"), "cifar10", "--data-dir", str(data_dir)]) == 2
+    assert "NAME cifar10: --size is required" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

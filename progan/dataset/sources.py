@@ -696,6 +696,52 @@ class ImageFolderSource(FileListSource):
         return name, center_square(to_rgb(image, notes), self.resolution, notes), notes
 
 
+# What TFDS downloads for celeb_a (its checksums.tsv), the names its manual folder takes.
+CELEB_A_TFDS_FILES = ("img_align_celeba.zip", "list_attr_celeba.txt", "list_eval_partition.txt",
+                      "list_landmarks_align_celeba.txt", "identity_CelebA.txt")
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _is_download_failure(error):
+    """Whether a TFDS preparation failure is a failed download (as opposed to, say, a full disk)."""
+    import urllib.error
+
+    from tensorflow_datasets.core.download import download_manager, util
+
+    kinds = (download_manager.NonMatchingChecksumError, util.DownloadError, ConnectionError,
+             TimeoutError, urllib.error.URLError)
+    try:
+        import requests
+
+        kinds += (requests.RequestException,)
+    except ImportError:
+        pass
+    text = str(error)
+    return isinstance(error, kinds) or "drive.google.com" in text or "GDrive" in text
+
+
+def preparation_failure(name, error, data_dir_root):
+    """One line for a failed ``download_and_prepare`` of a TFDS dataset: what happened, and
+    for a failed download the way around it (celeb_a: Google Drive's quota)."""
+    manual = Path(data_dir_root) / "downloads" / "manual"
+    if not _is_download_failure(error):
+        return f"NAME {name}: cannot be prepared ({_first_line(error)})"
+    if name.split(":")[0] != "celeb_a":
+        return (f"NAME {name}: the download failed ({_first_line(error)}); check the network and "
+                f"try again, or put the files TFDS downloads for it in {manual}/")
+    return (f"NAME {name}: the download failed ({_first_line(error)[:160]}): Google Drive, which "
+            "serves celeb_a's files, refuses them once their daily download quota is used up. "
+            "Download the aligned images and attribute files yourself (the official "
+            "img_align_celeba.zip and Anno/list_attr_celeba.txt from "
+            "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, or Kaggle's "
+            "jessicali9530/celeba-dataset) and run: progan-dataset create_celeba OUT FOLDER; or put "
+            f"{', '.join(CELEB_A_TFDS_FILES)} in {manual}/ and run this command again")
+
+
 class TfdsSource(ImageSource):
     """An image dataset of TensorFlow Datasets, read in the split's own order.
 
@@ -711,12 +757,24 @@ class TfdsSource(ImageSource):
 
     def __init__(self, name, split="train", data_dir=None, image_key="image",
                  resolution=None, cx=89, cy=121, attributes=True):
+        tensorflow()  # quietly, before tensorflow_datasets imports it
         import tensorflow_datasets as tfds
 
+        self.crop_image = CelebACrop(cx, cy) if name.split(":")[0] == "celeb_a" else None
+        if self.crop_image is not None:
+            self.crop = self.crop_image.describe()
+            self.resolution = CELEBA_CROP_SIZE
+        else:
+            if resolution is None:
+                raise DatasetError(f"NAME {name}: --size is required for this dataset (only "
+                                   "celeb_a has a crop of its own)")
+            log2_resolution(resolution)
+            self.resolution = resolution
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except Exception as error:  # tfds raises many types for unknown names
-            raise DatasetError(f"NAME {name}: not a TensorFlow Datasets dataset ({error})") from None
+            raise DatasetError(f"NAME {name}: not a TensorFlow Datasets dataset "
+                               f"({_first_line(error)})") from None
         features = builder.info.features
         if image_key not in features:
             raise DatasetError(
@@ -724,22 +782,13 @@ class TfdsSource(ImageSource):
         try:
             builder.download_and_prepare()
         except Exception as error:  # download / preparation failures of any kind
-            raise DatasetError(f"NAME {name}: cannot be prepared ({error})") from None
+            raise DatasetError(preparation_failure(name, error, builder.data_dir_root)) from None
         splits = builder.info.splits
         if splits and split not in splits:
             raise DatasetError(f"--split {split}: not a split of {name} (it has {', '.join(splits)})")
         self.count = splits[split].num_examples if splits else None  # None: unknown (mocked)
         self.builder, self.split, self.image_key = builder, split, image_key
         self.name = name
-        self.crop_image = CelebACrop(cx, cy) if name.split(":")[0] == "celeb_a" else None
-        if self.crop_image is not None:
-            self.crop = self.crop_image.describe()
-            self.resolution = CELEBA_CROP_SIZE
-        else:
-            if resolution is None:
-                raise DatasetError(f"NAME {name}: --resolution is required for this dataset")
-            log2_resolution(resolution)
-            self.resolution = resolution
         self.description = {"kind": self.kind, "name": name, "split": split,
                             "data_dir": None if data_dir is None else str(data_dir),
                             "image_key": image_key}
