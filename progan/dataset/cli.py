@@ -6,6 +6,7 @@ says what it means, its unit and its default.
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -205,8 +206,16 @@ def create_from_images(args):
 
 
 def create_tfds(args):
+    from progan.dataset.format import tensorflow
     from progan.dataset.sources import TfdsSource
 
+    tensorflow()
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()  # its bars and log lines would mix with ours
+    if not args.quiet:
+        print(f"{PROG}: note: TensorFlow Datasets prepares {args.name} first (the first time: a "
+              "download, which can take a while)", file=sys.stderr)
     return _write(args, TfdsSource(args.name, args.split, args.data_dir, args.image_key,
                                    args.size, args.cx, args.cy, not args.no_attributes))
 
@@ -423,6 +432,8 @@ def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     args.building = False
+    for library in ("absl", "tensorflow", "tensorflow_datasets", "etils"):
+        logging.getLogger(library).setLevel(logging.CRITICAL + 1)  # their lines are not ours
     try:
         with stop_on_signals(), _one_line_warnings():
             return COMMANDS[args.command](args)
@@ -444,7 +455,8 @@ def _one_line_warnings():
     previous = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"{PROG}: warning: {message}", file=sys.stderr)
+        if "progan" in Path(filename).parts:  # other libraries' warnings are not for our users
+            print(f"{PROG}: warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show
     try:

@@ -798,12 +798,11 @@ class TfdsSource(ImageSource):
 
     def _attribute_labels(self, features):
         """A LabelSpec of the boolean ``attributes`` dict of the features, or None."""
-        tf = tensorflow()
         import tensorflow_datasets as tfds
 
         found = features["attributes"] if "attributes" in features else None
         if not isinstance(found, tfds.features.FeaturesDict) or not found.keys() or any(
-                feature.dtype != tf.bool for feature in found.values()):
+                feature.np_dtype != np.bool_ for feature in found.values()):
             return None
         return LabelSpec(tuple(found.keys()), "multi_label", f"tfds {self.name} 'attributes'")
 
