@@ -247,7 +247,8 @@ def test_tfds_download_failures_are_one_line_with_the_way_around(tmp_path, monke
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
     data_dir = tmp_path / "tfds"
-    assert main(["create_tfds", str(tmp_path / "out"), "celeb_a", "--data-dir", str(data_dir)]) == 2
+    assert main(["create_tfds", str(tmp_path / "out"), "celeb_a", "--data-dir", str(data_dir),
+                 "--quiet"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert failures == ["celeb_a"] and len(lines) == 1, lines
     assert lines[0].startswith(f"progan-dataset: error: NAME celeb_a: the download failed (Artifact {url}, ")
@@ -261,7 +262,7 @@ def test_tfds_download_failures_are_one_line_with_the_way_around(tmp_path, monke
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", unreachable)
     assert main(["create_tfds", str(tmp_path / "out"), "cifar10", "--size", "32", "--data-dir",
-                 str(data_dir)]) == 2
+                 str(data_dir), "--quiet"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "progan-dataset: error: NAME cifar10: the download failed (Failed to get url "
         "https://example.org/x.tar. HTTP code: 503.); check the network and try again, or put the "
@@ -269,3 +270,59 @@ def test_tfds_download_failures_are_one_line_with_the_way_around(tmp_path, monke
     assert main(["create_tfds", str(tmp_path / "out"), "cifar10", "--data-dir", str(data_dir)]) == 2
     assert "NAME cifar10: --size is required" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def _declare_size(archive, member, size):
+    """Rewrite the uncompressed size a zip's central directory declares for one member."""
+    data = bytearray(archive.read_bytes())
+    start = 0
+    while (start := data.find(b"PK\x01\x02", start)) >= 0:
+        name_length = int.from_bytes(data[start + 28:start + 30], "little")
+        if data[start + 46:start + 46 + name_length] == member.encode():
+            data[start + 24:start + 28] = size.to_bytes(4, "little")
+            archive.write_bytes(bytes(data))
+            return
+        start += 4
+    raise AssertionError(f"{member} not in {archive}")
+
+
+def test_zip_members_too_large_for_an_image_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from progan.dataset import sources
+    from progan.dataset.sources import SkipImage
+
+    paths = make_celeba_like_images(tmp_path / "img_align_celeba", 2, suffix=".jpg")
+    archive = tmp_path / "img_align_celeba.zip"
+    inflated = 8 << 20  # zeros: 8 MB that deflate to a few kB
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
+        for path in paths:
+            handle.write(path, "img_align_celeba/" + path.rsplit("/", 1)[1])
+        handle.writestr("img_align_celeba/000003.jpg", bytes(inflated))
+        handle.writestr("img_align_celeba/000004.jpg", bytes(inflated))
+    assert archive.stat().st_size < 200_000
+    _declare_size(archive, "img_align_celeba/000004.jpg", 1000)  # a size that lies
+    source = celeba_source(archive, max_images=4)
+    monkeypatch.setattr(sources, "MAX_IMAGE_BYTES", 1 << 20)  # 1 MB, to see memory stay below it
+    tracemalloc.start()
+    try:
+        with pytest.raises(SkipImage, match=r"000003.jpg: declares 8 MB uncompressed, more than an "
+                                            r"image file may hold \(1 MB\); not read$"):
+            source.load("img_align_celeba/000003.jpg")
+        with pytest.raises(SkipImage, match=r"000004.jpg: damaged zip member \(Bad CRC-32"):
+            source.load("img_align_celeba/000004.jpg")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak  # neither member was inflated to its 8 MB
+    monkeypatch.undo()
+    # At the real limit: a member declaring 1 GB is skipped unread, the others build.
+    _declare_size(archive, "img_align_celeba/000003.jpg", 1 << 30)
+    manifest = write_dataset(tmp_path / "out", celeba_source(archive, max_images=4), workers=1,
+                             max_resolution=8, progress=False)
+    assert manifest["image_count"] == 2
+    reasons = {entry["file"]: entry["reason"] for entry in manifest["skipped"]}
+    assert sorted(reasons) == [f"{archive}:img_align_celeba/00000{k}.jpg" for k in (3, 4)]
+    assert reasons[f"{archive}:img_align_celeba/000003.jpg"] == (
+        "declares 1,024 MB uncompressed, more than an image file may hold (256 MB); not read")
+    assert reasons[f"{archive}:img_align_celeba/000004.jpg"].startswith("damaged zip member (Bad CRC-32")

@@ -241,21 +241,25 @@ def info(args):
         print(f"            {rule['description']}")
     if manifest is None:
         print("manifest    none (reference-tool dataset): all records count as train")
+        print(f"channels    {dataset.channels} (from the records)")
         for resolution, file in sorted(dataset.level_files.items(), reverse=True):
             print(f"level {resolution:>4}  {file.name}  {file.stat().st_size} bytes")
         _print_labels(dataset)
         return 0
-    print(f"source      {manifest['source']}")
-    print(f"crop        {manifest['crop']}")
-    print(f"order       {manifest['order']}")
-    print(f"channels    {manifest['channels']}")
-    print(f"skipped     {manifest['skipped_count']}")
-    for entry in manifest["skipped"][:20]:
-        print(f"  {entry['file']}: {entry['reason']}")
-    print(f"tool        progan {manifest['tool_version']} (format {manifest['format_version']})")
+    unknown = "? (not in dataset.json)"
+    print(f"source      {manifest.get('source', unknown)}")
+    print(f"crop        {manifest.get('crop', unknown)}")
+    print(f"order       {manifest.get('order', unknown)}")
+    print(f"channels    {dataset.channels}")
+    print(f"skipped     {manifest.get('skipped_count', unknown)}")
+    for entry in manifest.get("skipped", [])[:20]:
+        if isinstance(entry, dict):
+            print(f"  {entry.get('file')}: {entry.get('reason')}")
+    print(f"tool        progan {manifest.get('tool_version', '?')} "
+          f"(format {manifest.get('format_version', '?')})")
     for level in manifest["levels"]:
-        print(f"level {level['resolution']:>4}  {level['file']}  {level['records']} records  "
-              f"{level['bytes']} bytes  sha256 {level['sha256']}")
+        print(f"level {level['resolution']:>4}  {level['file']}  {level.get('records', '?')} records  "
+              f"{level['bytes']} bytes  sha256 {level.get('sha256', '?')}")
     _print_labels(dataset)
     return 0
 
@@ -278,19 +282,20 @@ def _print_labels(dataset):
 
 
 def extract(args):
-    import PIL.Image
-
     from progan.dataset.format import DatasetError
     from progan.dataset.reader import open_dataset, read_images
 
     dataset = open_dataset(args.directory)
     resolution = args.level or max(dataset.level_files)
+    dataset.level_file(resolution)
     if args.start < 0 or args.count < 1:
         raise DatasetError(f"--start {args.start} --count {args.count}: expected start >= 0, count >= 1")
     first, stop = dataset.split_range(args.split)
     count = min(args.count, stop - first - args.start)
     if count < 1:
         raise DatasetError(f"--start {args.start}: the {args.split} split has {stop - first} records")
+    indices = range(first + args.start, first + args.start + count)
+    targets = _extract_targets(args.dest, args.grid, indices)
     images = read_images(args.directory, resolution, args.split, args.start + count)[args.start:]
     if args.grid:
         columns = math.ceil(math.sqrt(count))
@@ -301,15 +306,63 @@ def extract(args):
             grid[row * resolution:(row + 1) * resolution,
                  column * resolution:(column + 1) * resolution] = image
         args.dest.parent.mkdir(parents=True, exist_ok=True)
-        PIL.Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(args.dest)
+        _save_png(grid, args.dest)
         print(f"{args.dest}: grid of {count} images at {resolution}x{resolution}")
         return 0
     args.dest.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images, start=first + args.start):
-        PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
-            args.dest / f"img{index:08d}.png")
+    for image, target in zip(images, targets):
+        _save_png(image, target)
     print(f"{args.dest}: {count} PNGs at {resolution}x{resolution}")
     return 0
+
+
+def _extract_targets(dest, grid, indices):
+    """The files ``extract`` will write, after one-line refusals of a DEST it may not write:
+    never a file it did not write, never a folder as the grid file."""
+    from progan.dataset.format import DatasetError
+
+    if grid:
+        if dest.is_dir():
+            raise DatasetError(f"DEST {dest}: is a folder; --grid writes one .png file, e.g. "
+                               f"{dest / 'grid.png'}")
+        if dest.suffix.lower() != ".png":
+            raise DatasetError(f"DEST {dest}: expected a .png file name for the grid")
+        if dest.exists() or dest.is_symlink():
+            raise DatasetError(f"DEST {dest}: already exists; not replacing it, choose a new name")
+        _check_folder_path(dest, dest.parent)
+        return [dest]
+    if dest.exists() and not dest.is_dir():
+        raise DatasetError(f"DEST {dest}: is a file; expected a folder for the PNGs (or --grid "
+                           "and a new .png file name)")
+    _check_folder_path(dest, dest)
+    targets = [dest / f"img{index:08d}.png" for index in indices]
+    taken = next((target for target in targets if target.exists() or target.is_symlink()), None)
+    if taken is not None:
+        raise DatasetError(f"DEST {dest}: already holds {taken.name}; not replacing it, choose an "
+                           "empty folder")
+    return targets
+
+
+def _check_folder_path(dest, folder):
+    """A one-line error unless ``folder`` is, or can be made, a folder (no file on its path)."""
+    from progan.dataset.format import DatasetError
+
+    existing = next((path for path in (folder, *folder.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise DatasetError(f"DEST {dest}: {existing} is a file, not a folder")
+
+
+def _save_png(pixels, path):
+    """Write uint8 HWC pixels as a PNG, complete or not at all (a ``.partial`` file renamed)."""
+    import PIL.Image
+
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        PIL.Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(
+            partial, format="PNG")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def compare(args):
@@ -439,6 +492,10 @@ def _main(argv):
             return COMMANDS[args.command](args)
     except DatasetError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file the command reads or writes, e.g. permission denied
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{PROG}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as error:
         cause = "SIGINT" if isinstance(error, KeyboardInterrupt) else str(error)

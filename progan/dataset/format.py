@@ -191,7 +191,36 @@ def read_manifest(directory):
         raise DatasetError(
             f"{path}: format_version {manifest['format_version']} is newer than this tool "
             f"understands ({FORMAT_VERSION}); upgrade progan")
+    _check_manifest(manifest, path)
     return manifest
+
+
+def _check_manifest(manifest, path):
+    """One-line errors for a dataset.json that lacks what reading a data set needs."""
+    def wrong(field, expected):
+        return DatasetError(f"{path}: {field} is missing or wrong, expected {expected}; restore "
+                            "dataset.json or rebuild the data set")
+
+    def count(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not count(manifest.get("image_count")):
+        raise wrong("'image_count'", "the number of records per level file")
+    if not count(manifest.get("train_count")) or manifest["train_count"] > manifest["image_count"]:
+        raise wrong("'train_count'", f"the records of the train split (0..{manifest['image_count']})")
+    levels = manifest.get("levels")
+    if not isinstance(levels, list) or not levels:
+        raise wrong("'levels'", "a list of the level files")
+    for index, level in enumerate(levels):
+        if not (isinstance(level, dict) and isinstance(level.get("file"), str)
+                and count(level.get("resolution")) and count(level.get("bytes"))):
+            raise wrong(f"'levels' entry {index}", '{"file", "resolution", "records", "bytes", "sha256"}')
+    labels = manifest.get("labels")
+    if labels is not None and not (isinstance(labels, dict) and isinstance(labels.get("file"), str)
+                                   and isinstance(labels.get("names"), list)):
+        raise wrong("'labels'", '{"file", "names", "kind", "count", "sha256", "origin"}')
+    if "channels" in manifest and manifest["channels"] not in (1, 3):
+        raise wrong("'channels'", "1 or 3")
 
 
 def write_manifest(directory, manifest):

@@ -44,6 +44,20 @@ def _megabytes(count):
     return f"{count / (1 << 20):,.0f} MB" if count >= 1 << 20 else f"{count:,} bytes"
 
 
+def _read_capped(member):
+    """The bytes of an open zip member, read in small pieces up to just past MAX_IMAGE_BYTES:
+    zipfile inflates as much as each read asks for before trimming to the declared size, so a
+    member whose declared size lies costs a piece of memory, not what it inflates to."""
+    pieces, size = [], 0
+    while size <= MAX_IMAGE_BYTES:
+        piece = member.read(1 << 16)
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)
+
+
 def _check_image_size(size, verb):
     """SkipImage when an image file's size (``verb``: "declares " for a zip's directory
     entry, "holds " for what was read, "" for a size on disk) is above MAX_IMAGE_BYTES."""
@@ -301,7 +315,7 @@ class FileListSource(ImageSource):
             info = self._zip.getinfo(item)
             _check_image_size(info.file_size, "declares ")
             with self._zip.open(info) as member:
-                data = member.read(MAX_IMAGE_BYTES + 1)
+                data = _read_capped(member)
         _check_image_size(len(data), "holds ")
         return data
 
