@@ -242,3 +242,19 @@ def test_reference_data_sets_expose_the_channels_of_their_records(tmp_path, caps
     with pytest.raises(DatasetError, match=r"gray-r04.tfrecords: the first record's shape is \[1, 8, 8\], "
                                            r"expected \[C, 16, 16\]"):
         open_dataset(gray)
+
+
+def test_every_command_of_the_data_page_parses():
+    import shlex
+
+    from progan.dataset.cli import build_parser
+
+    text = (ROOT / "docs" / "data.md").read_text()
+    blocks = text.split("```bash")[1:]
+    commands = [line.strip() for block in blocks for line in block.split("```")[0].splitlines()
+                if line.strip().startswith("progan-dataset ")]
+    assert len(commands) >= 14
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])  # SystemExit(2) if a flag is wrong
+        assert args.command in {"create_celeba", "create_from_images", "create_tfds",
+                                "create_synthetic", "info", "extract", "compare", "verify"}

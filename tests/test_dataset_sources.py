@@ -214,6 +214,16 @@ def test_official_txt_files_with_a_bom_and_crlf_and_a_missing_attributes_file(ka
     assert source.labels.origin == str(celeba / "Anno" / "list_attr_celeba.txt")
     assert [source.label(f).tolist() for f in source.files] == (values > 0).tolist()
     assert [source.partition_of(f) for f in source.files] == KAGGLE_PARTITION
+    assert celeba_source(celeba, max_images=KAGGLE_COUNT).files == source.files  # CelebA/ itself
+    zipped = tmp_path / "zipped"  # the official zip, as downloaded, in Img/
+    (zipped / "Img").mkdir(parents=True)
+    shutil.copytree(celeba / "Anno", zipped / "Anno")
+    with zipfile.ZipFile(zipped / "Img" / "img_align_celeba.zip", "w") as handle:
+        for name in names:
+            handle.write(celeba / "Img" / "img_align_celeba" / name, "img_align_celeba/" + name)
+    source = celeba_source(zipped, max_images=KAGGLE_COUNT)
+    assert source.archive == zipped / "Img" / "img_align_celeba.zip"
+    assert source.labels.origin == str(zipped / "Anno" / "list_attr_celeba.txt")
 
     (celeba / "Anno" / "list_attr_celeba.txt").unlink()
     common = ["--max-images", str(KAGGLE_COUNT), "--max-resolution", "8", "--workers", "1", "--quiet"]
@@ -230,7 +240,7 @@ def test_official_txt_files_with_a_bom_and_crlf_and_a_missing_attributes_file(ka
     line = capsys.readouterr().err.strip()
     assert line.startswith("progan-dataset: error: --partition official: no list_eval_partition.txt "
                            "or list_eval_partition.csv found for ") and "\n" not in line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["CelebA", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CelebA", "out", "zipped"]
 
 
 def test_tfds_download_failures_are_one_line_with_the_way_around(tmp_path, monkeypatch, capsys):

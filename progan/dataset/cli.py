@@ -52,8 +52,8 @@ def _add_create_commands(commands):
     sub.add_argument("out", type=Path, metavar="OUT", help=OUT_HELP)
     sub.add_argument("celeba", type=Path, metavar="CELEBA",
                      help="img_align_celeba/ (JPEG), img_align_celeba_png/, img_align_celeba.zip, "
-                          "Kaggle's zip, or a folder holding one of them (Kaggle's "
-                          "img_align_celeba/img_align_celeba/ is found)")
+                          "Kaggle's zip, or a folder holding one of them or the official Img/ "
+                          "(Kaggle's img_align_celeba/img_align_celeba/ is found)")
     sub.add_argument("--cx", type=int, default=89, metavar="PIXELS",
                      help="centre x of the 128x128 crop in the 178x218 image (default 89)")
     sub.add_argument("--cy", type=int, default=121, metavar="PIXELS",

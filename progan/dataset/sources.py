@@ -399,13 +399,13 @@ class CelebASource(FileListSource):
         return name, self.crop_image(image, name), []
 
 
-def thesis_split(image_count):
+def thesis_split(image_count, order="the reference order"):
     """(train count, manifest ``split``) of the thesis's CelebA split: the first 200,000
-    records of the reference order train, the rest test."""
+    records (in ``order``) train, the rest test."""
     train = min(CELEBA_TRAIN_COUNT, image_count)
     return train, {"rule": "thesis",
-                   "description": f"the first {train:,} records (of the reference order) are train, "
-                                  f"the rest test, as in the thesis (first 200,000 of 202,599)"}
+                   "description": f"the first {train:,} records (in {order}) are train, the rest "
+                                  "test, as in the thesis (first 200,000 of 202,599)"}
 
 
 def _sorted_images(paths):
@@ -413,7 +413,9 @@ def _sorted_images(paths):
                   key=lambda p: p.name)
 
 
-CELEBA_FOLDERS = ("img_align_celeba_png", "img_align_celeba", "img_align_celeba.zip")
+# Looked for, in this order, in a folder without images: the PNG and JPEG releases, the zip,
+# and the official download's Img/ folder that holds them.
+CELEBA_FOLDERS = ("img_align_celeba_png", "img_align_celeba", "img_align_celeba.zip", "Img")
 
 
 def celeba_source(path, cx=89, cy=121, max_images=None, attributes="auto", partition="thesis"):
@@ -498,12 +500,13 @@ def _read_text_file(path, flag):
 
 
 def _annotation_folders(source):
-    """Folders where CelebA's annotation files are looked for, nearest first: beside the zip;
-    or the image folder and up to two folders above it (Kaggle's CSVs sit two above its
-    ``img_align_celeba/img_align_celeba/``). In each, also ``Anno/`` and ``Eval/`` (the
-    official download's ``CelebA/Anno/``, ``CelebA/Eval/`` next to ``CelebA/Img/``)."""
+    """Folders where CelebA's annotation files are looked for, nearest first: the zip's folder
+    and the one above it; or the image folder and up to two folders above it (Kaggle's CSVs
+    sit two above its ``img_align_celeba/img_align_celeba/``). In each, also ``Anno/`` and
+    ``Eval/`` (the official download's ``CelebA/Anno/``, ``CelebA/Eval/`` next to
+    ``CelebA/Img/``)."""
     if source.archive is not None:
-        bases = [Path(source.archive).parent]
+        bases = [Path(source.archive).parent, Path(source.archive).parent.parent]
     else:
         bases = [source.location, source.location.parent, source.location.parent.parent]
     folders = []
@@ -822,7 +825,7 @@ class TfdsSource(ImageSource):
 
     def default_split(self, image_count, partition_counts):
         if self.crop_image is not None:
-            return thesis_split(image_count)
+            return thesis_split(image_count, f"the order of TFDS's {self.split} split")
         return super().default_split(image_count, partition_counts)
 
     def items(self):
