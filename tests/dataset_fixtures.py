@@ -1,7 +1,7 @@
 """Helpers shared by the dataset tests and tools/bench_dataset.py.
 
 ``reference_create_celeba`` is a plain, independent re-statement of what NVIDIA's
-``dataset_tool.py create_celeba`` does (see shared/REFERENCE.md): Pillow +
+``dataset_tool.py create_celeba`` does: Pillow +
 np.asarray, the 128x128 crop, the float32 2x2 mean chain with rint/clip/uint8,
 CHW, RandomState(123) order, one TFRecordWriter per level, single-threaded.
 """

@@ -1,4 +1,4 @@
-"""progan-dataset never destroys a folder, never hangs, leaves no litter (issue 9).
+"""progan-dataset never destroys a folder, never hangs, leaves no litter.
 
 The failure tests run the real command with two workers in its own process group and
 send real signals; each asserts: exit within 5 s of the fault, one line naming the
@@ -205,7 +205,7 @@ def test_signals_worker_crash_and_sigkill_mid_build(tmp_path, capsys):
         assert os.listdir(parent) == []
 
         # SIGKILL of the main process alone: its workers follow it, its staging folder stays
-        # (the litter of issue 9) until the next build in that folder removes it.
+        # until the next build in that folder removes it.
         parent, old, process = builds["SIGKILL"]
         os.kill(process.pid, signal.SIGKILL)
         finish(process, time.monotonic())
