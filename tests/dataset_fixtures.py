@@ -1,7 +1,7 @@
 """Helpers shared by the dataset tests and tools/bench_dataset.py.
 
 ``reference_create_celeba`` is a plain, independent re-statement of what NVIDIA's
-``dataset_tool.py create_celeba`` does (see shared/REFERENCE.md): Pillow +
+``dataset_tool.py create_celeba`` does: Pillow +
 np.asarray, the 128x128 crop, the float32 2x2 mean chain with rint/clip/uint8,
 CHW, RandomState(123) order, one TFRecordWriter per level, single-threaded.
 """
@@ -104,14 +104,35 @@ def tool_lines(stderr):
     return [line for line in stderr.splitlines() if line.strip() and not line.startswith(_TF_LOG_LINE)]
 
 
-def start_tool(*args, cwd=None):
-    """``progan-dataset ARGS`` as a real process in its own process group."""
+# ``progan-dataset ARGS`` inside TFDS's mock (random examples, no download): argv[1] is the
+# number of examples. main() without argv ends the process itself, as the command does.
+_MOCKED_TFDS = """
+import sys
+import tensorflow_datasets as tfds
+from progan.dataset.cli import main
+examples = int(sys.argv.pop(1))
+with tfds.testing.mock_data(num_examples=examples, policy=tfds.testing.MockPolicy.USE_CODE):
+    sys.exit(main())
+"""
+
+
+def start_tool(*args, cwd=None, sigint_ignored=False, tfds_examples=None):
+    """``progan-dataset ARGS`` as a real process in its own process group.
+
+    ``sigint_ignored``: start it with SIGINT ignored, as a shell script's ``cmd &`` does.
+    ``tfds_examples``: run it inside TFDS's mock data with that many examples.
+    """
+    import signal
     import subprocess
     import sys
 
-    return subprocess.Popen([sys.executable, "-m", "progan.dataset.cli", *map(str, args)],
+    command = ([sys.executable, "-c", _MOCKED_TFDS, str(tfds_examples)] if tfds_examples
+               else [sys.executable, "-m", "progan.dataset.cli"])
+    return subprocess.Popen(command + [str(arg) for arg in args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=cwd)
+                            start_new_session=True, cwd=cwd,
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                            if sigint_ignored else None)
 
 
 def wait_for_records(parent, name, process, timeout=120):

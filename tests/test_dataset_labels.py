@@ -166,7 +166,8 @@ def test_create_celeba_attribute_flags(celeba, tmp_path, capsys):
     common = ["--max-images", "4", "--max-resolution", "8", "--workers", "1", "--quiet"]
     assert main(["create_celeba", str(tmp_path / "a"), str(root), "--attributes", str(broken)] + common) == 2
     assert capsys.readouterr().err.strip().endswith(f"{broken}: line 1: expected the image count, "
-                                                    "found 'not a count'")
+                                                    "found 'not a count' (or Kaggle's CSV header "
+                                                    "image_id,...)")
     assert main(["create_celeba", str(tmp_path / "b"), str(root), "--no-attributes"] + common) == 0
     assert "labels" not in capsys.readouterr().out and not list((tmp_path / "b").glob("*.labels"))
     assert "labels" not in json.loads((tmp_path / "b" / "dataset.json").read_text())

@@ -51,10 +51,10 @@ def test_half_values_round_to_even():
 
 def test_writer_records_are_tensorflow_examples_byte_for_byte():
     from progan.dataset.format import serialize_example
-    from progan.dataset.writer import _fast_example
+    from progan.dataset.pool import fast_example
 
     rng = np.random.default_rng(5)
     for shape in [(3, 4, 4), (3, 128, 128), (1, 8, 8), (3, 2, 2)]:
         for _ in range(3):
             image = rng.integers(0, 256, shape, dtype=np.uint8)
-            assert _fast_example(image) == serialize_example(image), shape
+            assert fast_example(image) == serialize_example(image), shape

@@ -1,4 +1,4 @@
-"""progan-dataset never destroys a folder, never hangs, leaves no litter (issue 9).
+"""progan-dataset never destroys a folder, never hangs, leaves no litter.
 
 The failure tests run the real command with two workers in its own process group and
 send real signals; each asserts: exit within 5 s of the fault, one line naming the
@@ -32,8 +32,9 @@ def old_dataset(path):
     return tree_digest(path)
 
 
-def finish(process, fault_time, limit=5.0):
-    """Wait for a process; assert it ended within ``limit`` s of the fault; (rc, tool lines)."""
+def finish(process, fault_time, limit=5.0, every_line=False):
+    """Wait for a process; assert it ended within ``limit`` s of the fault; (rc, tool lines),
+    or with ``every_line`` every line of its stderr."""
     try:
         _, err = process.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -42,7 +43,7 @@ def finish(process, fault_time, limit=5.0):
     elapsed = time.monotonic() - fault_time
     print(f"exit {elapsed:.2f} s after the fault: {tool_lines(err)[-1:]}", file=sys.__stdout__, flush=True)
     assert elapsed < limit, f"took {elapsed:.1f} s to end after the fault"
-    return process.returncode, tool_lines(err)
+    return process.returncode, err.splitlines() if every_line else tool_lines(err)
 
 
 def staging_left(parent):
@@ -204,7 +205,7 @@ def test_signals_worker_crash_and_sigkill_mid_build(tmp_path, capsys):
         assert os.listdir(parent) == []
 
         # SIGKILL of the main process alone: its workers follow it, its staging folder stays
-        # (the litter of issue 9) until the next build in that folder removes it.
+        # until the next build in that folder removes it.
         parent, old, process = builds["SIGKILL"]
         os.kill(process.pid, signal.SIGKILL)
         finish(process, time.monotonic())
@@ -316,3 +317,77 @@ def test_out_dot_is_the_current_folder_and_refused_when_not_a_dataset(tmp_path, 
     assert main(["create_synthetic", str(link), "--num-images", "4", "--size", "8",
                  "--overwrite", "--quiet"]) == 2
     assert "is a symbolic link" in capsys.readouterr().err
+
+
+def _linked_copies(image, folder, count, suffix):
+    """``count`` hard links to one encoded image, named 000001<suffix>...: many inputs to
+    decode for the price of writing one."""
+    folder.mkdir(parents=True)
+    first = folder / f"{1:06d}{suffix}"
+    image.save(first)
+    for index in range(2, count + 1):
+        os.link(first, folder / f"{index:06d}{suffix}")
+
+
+def _has_records(parent, process):
+    """Whether a build has appended records to its staging folder (it must still be running)."""
+    for staging in parent.glob(".out.partial-*"):
+        try:
+            if any(file.stat().st_size > 0 for file in staging.glob("*.tfrecords")):
+                return True
+        except FileNotFoundError:
+            pass
+    assert process.poll() is None, f"{parent.name} ended before writing records: {process.communicate()}"
+    return False
+
+
+def test_ctrl_c_and_sigterm_stop_every_source_with_any_worker_count(tmp_path):
+    """Each source, started as a script's ``cmd &`` starts it (SIGINT inherited ignored), is
+    still building when its process group gets the signal; it must end within seconds, print
+    one line and nothing else (no TensorFlow line either), and leave nothing behind."""
+    rng = np.random.default_rng(5)
+    photo = PIL.Image.fromarray(rng.integers(0, 256, (360, 360, 3), dtype=np.uint8))
+    _linked_copies(photo, tmp_path / "inputs" / "photos", 3000, ".png")
+    face = PIL.Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8))
+    _linked_copies(face, tmp_path / "inputs" / "img_align_celeba", 6000, ".jpg")
+    builds = {  # name: (signal, create arguments, extra start_tool arguments)
+        "synthetic": ("SIGINT", ["create_synthetic", *SLOW], {}),
+        "images": ("SIGINT", ["create_from_images", tmp_path / "inputs" / "photos", "--size", "64",
+                              "--workers", "1"], {}),
+        "celeba": ("SIGINT", ["create_celeba", tmp_path / "inputs", "--max-images", "6000",
+                              "--no-attributes", "--workers", "2"], {}),
+        "tfds": ("SIGINT", ["create_tfds", "celeb_a", "--workers", "1"], {"tfds_examples": 3000}),
+        "tfds-term": ("SIGTERM", ["create_tfds", "celeb_a", "--workers", "2"], {"tfds_examples": 3000}),
+    }
+    processes = {}
+    try:
+        for name, (_, (command, *flags), extra) in builds.items():
+            (tmp_path / name).mkdir()
+            processes[name] = start_tool(command, tmp_path / name / "out", *flags, "--quiet",
+                                         sigint_ignored=True, **extra)
+        signalled, ended = {}, {}  # each is signalled as soon as it has written records
+        deadline = time.monotonic() + 120
+        while len(ended) < len(builds) and time.monotonic() < deadline:
+            for name, process in processes.items():
+                if name not in signalled and _has_records(tmp_path / name, process):
+                    os.killpg(process.pid, getattr(signal, builds[name][0]))
+                    signalled[name] = time.monotonic()
+                elif name in signalled and name not in ended and process.poll() is not None:
+                    ended[name] = time.monotonic()
+            time.sleep(0.01)
+        took = {name: round(ended[name] - signalled[name], 2) for name in ended}
+        print(f"seconds from the signal to the end: {took}", file=sys.__stdout__, flush=True)
+        assert set(ended) == set(builds) and max(took.values()) < 5.0, (took, set(signalled))
+        for name, (case, _, _) in builds.items():
+            code, lines = finish(processes[name], signalled[name], limit=60, every_line=True)
+            err = "\n".join(lines)
+            assert code == (130 if case == "SIGINT" else 128 + signal.SIGTERM), (name, err)
+            assert lines == [f"progan-dataset: interrupted by {case}; stopped the workers and "
+                             f"removed the partial data set, OUT {tmp_path / name / 'out'} is "
+                             "unchanged"], (name, err)
+            assert os.listdir(tmp_path / name) == [], name
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()

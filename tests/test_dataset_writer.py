@@ -166,3 +166,22 @@ def test_reference_order_is_randomstate_123(celeba, tmp_path):
     for position, index in enumerate(order):
         crop = np.asarray(PIL.Image.open(files[index]))[57:185, 25:153].transpose(2, 0, 1)
         assert records[position] == ((3, 128, 128), crop.tobytes())
+
+
+def test_train_count_above_what_can_be_readable_stops_the_build_early(tmp_path):
+    loaded = []
+
+    class MostlyUnreadable(SyntheticSource):
+        def load(self, item):
+            loaded.append(item)
+            if item % 10:
+                raise SkipImage(f"img{item}: broken")
+            return super().load(item)
+
+    with pytest.raises(DatasetError) as raised:  # 100 readable at most, known after 901 skips
+        write_dataset(tmp_path / "out", MostlyUnreadable(1000, 8), workers=1, train_count=990,
+                      progress=False)
+    assert str(raised.value).startswith("--train-count 990: at most ")
+    assert "images can be readable (1,000 inputs, " in str(raised.value)
+    assert len(loaded) < 100  # stopped at the first chunk that showed it, not after 1,000
+    assert os.listdir(tmp_path) == []

@@ -1,8 +1,10 @@
-"""Prepare datasets as TFRecord pyramids and read them back (see DESIGN.md, "The way data flows").
+"""Prepare datasets as TFRecord pyramids and read them back (docs/architecture.md, "Data flow";
+docs/data.md for users).
 
 progan.dataset.sources / synthetic : where images come from
 progan.dataset.pyramid             : the reference tool's level chain
-progan.dataset.writer              : parallel, atomic writing + dataset.json
+progan.dataset.pool                : the worker processes that encode images, and how they stop
+progan.dataset.writer              : staging, the atomic swap, dataset.json
 progan.dataset.reader              : tf.data batches with exact resume, and their labels
 progan.dataset.cli                 : the ``progan-dataset`` command
 """

@@ -1,34 +1,45 @@
 """``progan-dataset``: create, inspect, extract, compare and verify TFRecord datasets.
 
-Every sub-command only parses its flags and calls the dataset package.
-
-(Over 300 lines: eight sub-commands with help texts that show every default; the parsing is
-thin, the length is the help a user reads.)
+Every sub-command only parses its flags and calls the dataset package; every flag's help
+says what it means, its unit and its default.
 """
 
 import argparse
+import contextlib
+import logging
 import math
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 PROG = "progan-dataset"
+OUT_HELP = "the data set folder to create; its level files are named after it (OUT-rXX.tfrecords)"
 
 
 def _create_flags():
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--max-resolution", type=int, default=None,
-                        help="highest level written (e.g. 64); default: the source's resolution")
-    parent.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
-    parent.add_argument("--train-count", type=int, default=None,
-                        help="records in the train split (default: 200,000 for CelebA, else all)")
-    parent.add_argument("--strict", action="store_true", help="an unreadable input is an error, not a skip")
+    parent.add_argument("--max-resolution", type=int, default=None, metavar="PIXELS",
+                        help="highest level written, a power of two (e.g. 64); lower levels are "
+                             "the same either way (default: the source's resolution)")
+    parent.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes decoding images in parallel; 1 decodes in this process "
+                             "(default: every core this process may use)")
+    parent.add_argument("--train-count", type=int, default=None, metavar="N",
+                        help="records in the train split, the first N; the rest are the test "
+                             "split (default: 200,000 for CelebA, else every record)")
+    parent.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable input (default: skip it with a warning "
+                             "and list it in dataset.json)")
     parent.add_argument("--overwrite", action="store_true",
-                        help="replace OUT if it is a data set written by this tool (never anything else)")
-    parent.add_argument("--quiet", action="store_true", help="no progress output")
+                        help="replace OUT if it is a data set written by this tool, once the new "
+                             "one is complete; never anything else (default: refuse an existing OUT)")
+    parent.add_argument("--quiet", action="store_true",
+                        help="no progress bar or labels line; warnings and the summary still print "
+                             "(default: progress on stderr)")
     return parent
 
 
@@ -37,82 +48,117 @@ def _add_create_commands(commands):
     create = _create_flags()
 
     sub = commands.add_parser("create_celeba", parents=[create],
-                              help="CelebA aligned & cropped (JPEG/PNG folder or zip)")
-    sub.add_argument("out", type=Path, metavar="OUT")
+                              help="CelebA aligned & cropped (official or Kaggle copy; folder or zip)")
+    sub.add_argument("out", type=Path, metavar="OUT", help=OUT_HELP)
     sub.add_argument("celeba", type=Path, metavar="CELEBA",
-                     help="img_align_celeba/, img_align_celeba_png/, img_align_celeba.zip or their parent")
-    sub.add_argument("--cx", type=int, default=89, help="crop centre x (default 89)")
-    sub.add_argument("--cy", type=int, default=121, help="crop centre y (default 121)")
-    sub.add_argument("--max-images", type=int, default=None,
-                     help="use the first N sorted files instead of checking the full 202,599")
+                     help="img_align_celeba/ (JPEG), img_align_celeba_png/, img_align_celeba.zip, "
+                          "Kaggle's zip, or a folder holding one of them or the official Img/ "
+                          "(Kaggle's img_align_celeba/img_align_celeba/ is found)")
+    sub.add_argument("--cx", type=int, default=89, metavar="PIXELS",
+                     help="centre x of the 128x128 crop in the 178x218 image (default 89)")
+    sub.add_argument("--cy", type=int, default=121, metavar="PIXELS",
+                     help="centre y of the 128x128 crop in the 178x218 image (default 121)")
+    sub.add_argument("--max-images", type=int, default=None, metavar="N",
+                     help="use the first N files in name order (default: all, and exactly 202,599 "
+                          "are required)")
     choice = sub.add_mutually_exclusive_group()
     choice.add_argument("--attributes", type=Path, default=None, metavar="FILE",
-                        help="list_attr_celeba.txt to store as labels (default: found beside the "
-                             "images, in the zip, or not at all)")
-    choice.add_argument("--no-attributes", action="store_true", help="store no labels")
+                        help="list_attr_celeba.txt or Kaggle's list_attr_celeba.csv, stored as 40 "
+                             "labels (default: found in the zip, beside the images, up to two "
+                             "folders above them or in an Anno/ folder there; none found: no labels)")
+    choice.add_argument("--no-attributes", action="store_true",
+                        help="store no labels even if an attributes file is found")
+    sub.add_argument("--partition", choices=("thesis", "official"), default="thesis",
+                     help="which records are train: thesis = the first 200,000 in the reference "
+                          "order (the same data set from every copy of CelebA); official = the "
+                          "images list_eval_partition.txt/.csv marks 0 (162,770), followed by its "
+                          "validation (1) and test (2) images as the test split (default thesis)")
 
     sub = commands.add_parser("create_from_images", parents=[create],
                               help="any folder (recursive) of JPEG/PNG/WebP images")
-    sub.add_argument("out", type=Path, metavar="OUT")
-    sub.add_argument("directory", type=Path, metavar="DIR")
-    sub.add_argument("--size", type=int, required=True,
-                     help="images are cropped and resized to SIZE x SIZE, a power of two")
+    sub.add_argument("out", type=Path, metavar="OUT", help=OUT_HELP)
+    sub.add_argument("directory", type=Path, metavar="DIR",
+                     help="the folder of images; every file under it (sub-folders too) is read")
+    sub.add_argument("--size", type=int, required=True, metavar="PIXELS",
+                     help="images are centre-cropped to a square and resized to SIZE x SIZE, a "
+                          "power of two (required)")
     sub.add_argument("--labels", choices=("none", "folders"), default="none",
-                     help="folders: each first-level sub-folder of DIR is a class (one-hot labels)")
+                     help="folders: each first-level sub-folder of DIR is a class, stored as one-hot "
+                          "labels (default none)")
 
     sub = commands.add_parser("create_tfds", parents=[create], help="an image dataset of TensorFlow Datasets")
-    sub.add_argument("out", type=Path, metavar="OUT")
-    sub.add_argument("name", metavar="NAME", help="e.g. celeb_a")
-    sub.add_argument("--split", default="train")
-    sub.add_argument("--data-dir", type=Path, default=None)
-    sub.add_argument("--image-key", default="image")
-    sub.add_argument("--size", type=int, default=None,
-                     help="images are resized to SIZE x SIZE (default: their own size; celeb_a "
-                          "gets the 128x128 CelebA crop)")
-    sub.add_argument("--cx", type=int, default=89)
-    sub.add_argument("--cy", type=int, default=121)
+    sub.add_argument("out", type=Path, metavar="OUT", help=OUT_HELP)
+    sub.add_argument("name", metavar="NAME", help="the TFDS dataset, e.g. celeb_a or cifar10")
+    sub.add_argument("--split", default="train",
+                     help="the TFDS split read, e.g. train or test (default train)")
+    sub.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                     help="TFDS's data folder, where it downloads and prepares the dataset; files "
+                          "downloaded by hand go in DIR/downloads/manual/ (default: $TFDS_DATA_DIR, "
+                          "else ~/tensorflow_datasets)")
+    sub.add_argument("--image-key", default="image", metavar="FEATURE",
+                     help="the feature that holds the image (default image)")
+    sub.add_argument("--size", type=int, default=None, metavar="PIXELS",
+                     help="images are centre-cropped and resized to SIZE x SIZE, a power of two "
+                          "(required except for celeb_a, which gets the 128x128 CelebA crop)")
+    sub.add_argument("--cx", type=int, default=89, metavar="PIXELS",
+                     help="celeb_a only: centre x of the 128x128 crop (default 89)")
+    sub.add_argument("--cy", type=int, default=121, metavar="PIXELS",
+                     help="celeb_a only: centre y of the 128x128 crop (default 121)")
     sub.add_argument("--no-attributes", action="store_true",
-                     help="do not store the boolean 'attributes' feature (celeb_a's 40) as labels")
+                     help="do not store the boolean 'attributes' feature (celeb_a's 40) as labels "
+                          "(default: stored when the dataset has it)")
 
     sub = commands.add_parser("create_synthetic", parents=[create], help="procedural faces (demo, tests)")
-    sub.add_argument("out", type=Path, metavar="OUT")
-    sub.add_argument("--num-images", type=int, default=4096)
-    sub.add_argument("--size", type=int, default=32, help="image size (default 32)")
-    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("out", type=Path, metavar="OUT", help=OUT_HELP)
+    sub.add_argument("--num-images", type=int, default=4096, metavar="N",
+                     help="number of faces (default 4096)")
+    sub.add_argument("--size", type=int, default=32, metavar="PIXELS",
+                     help="side of the square faces, a power of two (default 32)")
+    sub.add_argument("--seed", type=int, default=0,
+                     help="face i is drawn from numpy's default_rng([SEED, i]) (default 0)")
     choice = sub.add_mutually_exclusive_group()
     choice.add_argument("--attributes", choices=("basic", "extended"), default="basic",
                         help="basic: Dark_Hair, Pale_Skin (the default images); extended: also "
-                             "Eyeglasses and Smiling, drawn into the faces (other images)")
-    choice.add_argument("--no-attributes", action="store_true", help="store no labels")
+                             "Eyeglasses and Smiling, drawn into the faces (other images) "
+                             "(default basic)")
+    choice.add_argument("--no-attributes", action="store_true",
+                        help="store no labels (the images are the basic ones)")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog=PROG, description="Create and inspect multi-resolution TFRecord datasets "
         "(the layout of NVIDIA's progressive_growing_of_gans dataset_tool.py).")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="what to do; COMMAND -h shows its flags")
     _add_create_commands(commands)
 
     sub = commands.add_parser("info", help="counts, levels, split, checksums, source, labels")
-    sub.add_argument("directory", type=Path, metavar="DIR")
+    sub.add_argument("directory", type=Path, metavar="DIR", help="the data set folder")
 
     sub = commands.add_parser("extract", help="write some records of one level as PNGs or one grid PNG")
-    sub.add_argument("directory", type=Path, metavar="DIR")
-    sub.add_argument("dest", type=Path, metavar="DEST", help="a directory, or the grid's .png file with --grid")
-    sub.add_argument("--level", type=int, default=None,
+    sub.add_argument("directory", type=Path, metavar="DIR", help="the data set folder")
+    sub.add_argument("dest", type=Path, metavar="DEST",
+                     help="a folder for the PNGs (created if missing; existing PNGs of the same "
+                          "names are not replaced), or with --grid the new .png file")
+    sub.add_argument("--level", type=int, default=None, metavar="PIXELS",
                      help="which level, by its resolution (default: the top one)")
-    sub.add_argument("--split", default="all", choices=("train", "test", "all"))
-    sub.add_argument("--start", type=int, default=0, help="first record of the split")
-    sub.add_argument("--count", type=int, default=64)
-    sub.add_argument("--grid", action="store_true", help="one grid image instead of one PNG per record")
+    sub.add_argument("--split", default="all", choices=("train", "test", "all"),
+                     help="which records to count from (default all)")
+    sub.add_argument("--start", type=int, default=0, metavar="N",
+                     help="first record, counted from the start of the split (default 0)")
+    sub.add_argument("--count", type=int, default=64, metavar="N",
+                     help="number of records, fewer if the split ends first (default 64)")
+    sub.add_argument("--grid", action="store_true",
+                     help="one grid image, nearly square, instead of one PNG per record")
 
     sub = commands.add_parser("compare", help="compare two datasets record by record")
-    sub.add_argument("first", type=Path, metavar="A")
-    sub.add_argument("second", type=Path, metavar="B")
+    sub.add_argument("first", type=Path, metavar="A", help="a data set folder")
+    sub.add_argument("second", type=Path, metavar="B", help="the data set folder to compare it with")
 
     sub = commands.add_parser("verify", help="check the level and labels files against dataset.json "
                                              "(sha256, counts)")
-    sub.add_argument("directory", type=Path, metavar="DIR")
+    sub.add_argument("directory", type=Path, metavar="DIR", help="the data set folder")
     return parser
 
 
@@ -142,10 +188,14 @@ def create_celeba(args):
     from progan.dataset.sources import celeba_source
 
     attributes = None if args.no_attributes else args.attributes or "auto"
-    source = celeba_source(args.celeba, args.cx, args.cy, args.max_images, attributes)
+    source = celeba_source(args.celeba, args.cx, args.cy, args.max_images, attributes, args.partition)
     if attributes == "auto" and source.labels is None:
-        print(f"{PROG}: note: no list_attr_celeba.txt beside {source.location}: the data set gets "
-              "no labels (name the file with --attributes FILE)", file=sys.stderr)
+        print(f"{PROG}: warning: found the images in {source.location} but no list_attr_celeba.txt "
+              "or .csv with them: the data set gets no labels (name the file with --attributes "
+              "FILE, or pass --no-attributes)", file=sys.stderr)
+    if args.partition == "thesis" and source.partition_found and not args.quiet:
+        print(f"{PROG}: note: split as in the thesis (the first 200,000 records train); "
+              f"--partition official would use {source.partition_found}", file=sys.stderr)
     return _write(args, source)
 
 
@@ -156,8 +206,16 @@ def create_from_images(args):
 
 
 def create_tfds(args):
+    from progan.dataset.format import tensorflow
     from progan.dataset.sources import TfdsSource
 
+    tensorflow()
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()  # its bars and log lines would mix with ours
+    if not args.quiet:
+        print(f"{PROG}: note: TensorFlow Datasets prepares {args.name} first (the first time: a "
+              "download, which can take a while)", file=sys.stderr)
     return _write(args, TfdsSource(args.name, args.split, args.data_dir, args.image_key,
                                    args.size, args.cx, args.cy, not args.no_attributes))
 
@@ -178,23 +236,30 @@ def info(args):
     print(f"images      {dataset.image_count}")
     print(f"split       train {dataset.train_count} (records 0..{dataset.train_count - 1}), "
           f"test {dataset.image_count - dataset.train_count}")
+    rule = (manifest or {}).get("split")
+    if isinstance(rule, dict) and rule.get("description"):
+        print(f"            {rule['description']}")
     if manifest is None:
         print("manifest    none (reference-tool dataset): all records count as train")
+        print(f"channels    {dataset.channels} (from the records)")
         for resolution, file in sorted(dataset.level_files.items(), reverse=True):
             print(f"level {resolution:>4}  {file.name}  {file.stat().st_size} bytes")
         _print_labels(dataset)
         return 0
-    print(f"source      {manifest['source']}")
-    print(f"crop        {manifest['crop']}")
-    print(f"order       {manifest['order']}")
-    print(f"channels    {manifest['channels']}")
-    print(f"skipped     {manifest['skipped_count']}")
-    for entry in manifest["skipped"][:20]:
-        print(f"  {entry['file']}: {entry['reason']}")
-    print(f"tool        progan {manifest['tool_version']} (format {manifest['format_version']})")
+    unknown = "? (not in dataset.json)"
+    print(f"source      {manifest.get('source', unknown)}")
+    print(f"crop        {manifest.get('crop', unknown)}")
+    print(f"order       {manifest.get('order', unknown)}")
+    print(f"channels    {dataset.channels}")
+    print(f"skipped     {manifest.get('skipped_count', unknown)}")
+    for entry in manifest.get("skipped", [])[:20]:
+        if isinstance(entry, dict):
+            print(f"  {entry.get('file')}: {entry.get('reason')}")
+    print(f"tool        progan {manifest.get('tool_version', '?')} "
+          f"(format {manifest.get('format_version', '?')})")
     for level in manifest["levels"]:
-        print(f"level {level['resolution']:>4}  {level['file']}  {level['records']} records  "
-              f"{level['bytes']} bytes  sha256 {level['sha256']}")
+        print(f"level {level['resolution']:>4}  {level['file']}  {level.get('records', '?')} records  "
+              f"{level['bytes']} bytes  sha256 {level.get('sha256', '?')}")
     _print_labels(dataset)
     return 0
 
@@ -217,19 +282,20 @@ def _print_labels(dataset):
 
 
 def extract(args):
-    import PIL.Image
-
     from progan.dataset.format import DatasetError
     from progan.dataset.reader import open_dataset, read_images
 
     dataset = open_dataset(args.directory)
     resolution = args.level or max(dataset.level_files)
+    dataset.level_file(resolution)
     if args.start < 0 or args.count < 1:
         raise DatasetError(f"--start {args.start} --count {args.count}: expected start >= 0, count >= 1")
     first, stop = dataset.split_range(args.split)
     count = min(args.count, stop - first - args.start)
     if count < 1:
         raise DatasetError(f"--start {args.start}: the {args.split} split has {stop - first} records")
+    indices = range(first + args.start, first + args.start + count)
+    targets = _extract_targets(args.dest, args.grid, indices)
     images = read_images(args.directory, resolution, args.split, args.start + count)[args.start:]
     if args.grid:
         columns = math.ceil(math.sqrt(count))
@@ -240,15 +306,63 @@ def extract(args):
             grid[row * resolution:(row + 1) * resolution,
                  column * resolution:(column + 1) * resolution] = image
         args.dest.parent.mkdir(parents=True, exist_ok=True)
-        PIL.Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(args.dest)
+        _save_png(grid, args.dest)
         print(f"{args.dest}: grid of {count} images at {resolution}x{resolution}")
         return 0
     args.dest.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images, start=first + args.start):
-        PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
-            args.dest / f"img{index:08d}.png")
+    for image, target in zip(images, targets):
+        _save_png(image, target)
     print(f"{args.dest}: {count} PNGs at {resolution}x{resolution}")
     return 0
+
+
+def _extract_targets(dest, grid, indices):
+    """The files ``extract`` will write, after one-line refusals of a DEST it may not write:
+    never a file it did not write, never a folder as the grid file."""
+    from progan.dataset.format import DatasetError
+
+    if grid:
+        if dest.is_dir():
+            raise DatasetError(f"DEST {dest}: is a folder; --grid writes one .png file, e.g. "
+                               f"{dest / 'grid.png'}")
+        if dest.suffix.lower() != ".png":
+            raise DatasetError(f"DEST {dest}: expected a .png file name for the grid")
+        if dest.exists() or dest.is_symlink():
+            raise DatasetError(f"DEST {dest}: already exists; not replacing it, choose a new name")
+        _check_folder_path(dest, dest.parent)
+        return [dest]
+    if dest.exists() and not dest.is_dir():
+        raise DatasetError(f"DEST {dest}: is a file; expected a folder for the PNGs (or --grid "
+                           "and a new .png file name)")
+    _check_folder_path(dest, dest)
+    targets = [dest / f"img{index:08d}.png" for index in indices]
+    taken = next((target for target in targets if target.exists() or target.is_symlink()), None)
+    if taken is not None:
+        raise DatasetError(f"DEST {dest}: already holds {taken.name}; not replacing it, choose an "
+                           "empty folder")
+    return targets
+
+
+def _check_folder_path(dest, folder):
+    """A one-line error unless ``folder`` is, or can be made, a folder (no file on its path)."""
+    from progan.dataset.format import DatasetError
+
+    existing = next((path for path in (folder, *folder.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise DatasetError(f"DEST {dest}: {existing} is a file, not a folder")
+
+
+def _save_png(pixels, path):
+    """Write uint8 HWC pixels as a PNG, complete or not at all (a ``.partial`` file renamed)."""
+    import PIL.Image
+
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        PIL.Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(
+            partial, format="PNG")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def compare(args):
@@ -366,22 +480,22 @@ def main(argv=None):
 
 def _main(argv):
     from progan.dataset.format import DatasetError
-
-    from progan.dataset.writer import Terminated, terminate_on_sigterm
+    from progan.dataset.pool import Terminated, stop_on_signals
 
     parser = build_parser()
     args = parser.parse_args(argv)
     args.building = False
-    import threading
-
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGTERM)
-        terminate_on_sigterm()
+    for library in ("absl", "tensorflow", "tensorflow_datasets", "etils"):
+        logging.getLogger(library).setLevel(logging.CRITICAL + 1)  # their lines are not ours
     try:
-        return COMMANDS[args.command](args)
+        with stop_on_signals(), _one_line_warnings():
+            return COMMANDS[args.command](args)
     except DatasetError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file the command reads or writes, e.g. permission denied
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{PROG}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as error:
         cause = "SIGINT" if isinstance(error, KeyboardInterrupt) else str(error)
@@ -389,9 +503,23 @@ def _main(argv):
                 if args.building else "")
         print(f"{PROG}: interrupted by {cause}{note}", file=sys.stderr)
         return 130 if cause == "SIGINT" else 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Show a warning (e.g. "no dataset.json: all records count as train") as one line
+    ``progan-dataset: warning: ...`` instead of Python's two lines of file and source."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "progan" in Path(filename).parts:  # other libraries' warnings are not for our users
+            print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -25,9 +25,16 @@ Record ``i`` of every level file is the same image. Our tool adds
 - ``image_count``: records per level file;
 - ``order``: ``"permutation(123)"`` (the reference tool's order: record ``j`` is
   source file ``numpy.random.RandomState(123).permutation(N)[j]`` of the
-  ``N`` sorted files), ``"source"`` (the source's own order) or ``"generated"``;
+  ``N`` sorted files), ``"permutation(123) by partition"`` (that order within each
+  partition of CelebA's ``list_eval_partition``: its train images, then validation, then
+  test), ``"source"`` (the source's own order) or ``"generated"``;
 - ``train_count`` / ``test_count``: the first ``train_count`` records are the
   train split, the rest the test split;
+- ``split`` (absent in data sets of earlier versions): how the train split was chosen, ``{"rule",
+  "description"}`` with ``rule`` one of ``"all"`` (every record is train), ``"thesis"``
+  (CelebA: the first 200,000 records of the reference order), ``"official"`` (CelebA's
+  ``list_eval_partition``; also ``"file"``, and ``"train"``, ``"val"``, ``"test"``: the
+  records of each partition, in that order) or ``"train_count"`` (``--train-count``);
 - ``skipped``: list of ``{"file", "reason"}`` for inputs that could not be read
   (short reasons: "empty file", "not an image", "truncated JPEG", "damaged PNG (...)");
   ``skipped_count``;
@@ -55,11 +62,13 @@ import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from progan.errors import ProganError
+from progan.system import held_native_stderr
 
 FORMAT_NAME = "progan-dataset"
 FORMAT_VERSION = 1
@@ -71,6 +80,27 @@ LABEL_KINDS = ("multi_label", "one_hot")
 
 class DatasetError(ProganError):
     """Bad input or a dataset that cannot be used; the message is one line for the user."""
+
+
+def tensorflow():
+    """The ``tensorflow`` module, which writes and reads the records, imported through
+    ``progan.backend``: its C++ start-up lines are held back (shown only if the import
+    fails) and its C++ log lines are off, so no TensorFlow line reaches the terminal of the
+    dataset tool. A Ctrl-C or SIGTERM during the import propagates without the held lines."""
+    backend = sys.modules.get("progan.backend")
+    if backend is not None:
+        return backend.tf
+    interrupted = None
+    with held_native_stderr():
+        try:
+            from progan.backend import tf
+        except Exception:  # a real failure: raised with the held lines shown
+            raise
+        except BaseException as error:  # KeyboardInterrupt, the build's Terminated
+            interrupted = error
+    if interrupted is not None:
+        raise interrupted
+    return tf
 
 
 def level_filename(name, resolution):
@@ -126,8 +156,7 @@ def find_level_files(directory):
 
 def serialize_example(image_chw):
     """One record: a serialized ``tf.train.Example`` with ``shape`` [C, H, W] and ``data`` (uint8 CHW bytes)."""
-    import tensorflow as tf
-
+    tf = tensorflow()
     feature = {
         "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=image_chw.shape)),
         "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_chw.tobytes()])),
@@ -162,7 +191,36 @@ def read_manifest(directory):
         raise DatasetError(
             f"{path}: format_version {manifest['format_version']} is newer than this tool "
             f"understands ({FORMAT_VERSION}); upgrade progan")
+    _check_manifest(manifest, path)
     return manifest
+
+
+def _check_manifest(manifest, path):
+    """One-line errors for a dataset.json that lacks what reading a data set needs."""
+    def wrong(field, expected):
+        return DatasetError(f"{path}: {field} is missing or wrong, expected {expected}; restore "
+                            "dataset.json or rebuild the data set")
+
+    def count(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not count(manifest.get("image_count")):
+        raise wrong("'image_count'", "the number of records per level file")
+    if not count(manifest.get("train_count")) or manifest["train_count"] > manifest["image_count"]:
+        raise wrong("'train_count'", f"the records of the train split (0..{manifest['image_count']})")
+    levels = manifest.get("levels")
+    if not isinstance(levels, list) or not levels:
+        raise wrong("'levels'", "a list of the level files")
+    for index, level in enumerate(levels):
+        if not (isinstance(level, dict) and isinstance(level.get("file"), str)
+                and count(level.get("resolution")) and count(level.get("bytes"))):
+            raise wrong(f"'levels' entry {index}", '{"file", "resolution", "records", "bytes", "sha256"}')
+    labels = manifest.get("labels")
+    if labels is not None and not (isinstance(labels, dict) and isinstance(labels.get("file"), str)
+                                   and isinstance(labels.get("names"), list)):
+        raise wrong("'labels'", '{"file", "names", "kind", "count", "sha256", "origin"}')
+    if "channels" in manifest and manifest["channels"] not in (1, 3):
+        raise wrong("'channels'", "1 or 3")
 
 
 def write_manifest(directory, manifest):

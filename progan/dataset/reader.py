@@ -1,8 +1,5 @@
 """Read a prepared dataset (ours or the reference tool's) as batches for training.
 
-(Over 300 lines: the in-memory and streaming paths share the stream order and must stay
-side by side to stay identical.)
-
 ``load`` serves batches in a stream whose content is a pure function of ``(seed,
 position)``: the image at stream position ``p`` is record ``permutation_e[p mod n]`` of
 the split, with ``e = p div n`` the epoch and ``permutation_e`` drawn from
@@ -54,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from progan.dataset.format import (LABEL_KINDS, DatasetError, find_labels_file, find_level_files,
-                                   labels_kind, read_manifest)
+                                   labels_kind, read_manifest, tensorflow)
 
 SPLITS = ("train", "test", "all")
 PARSE_BATCH = 2048
@@ -71,6 +68,8 @@ class DatasetInfo:
       image_count: records per level file.
       train_count: records in the train split (the first ones).
       label_file: the labels file (dataset.json's, else the first ``*.labels``), or None.
+      channels: colour channels of every record, 1 or 3: dataset.json's, or for a data set
+        without one read from the records themselves (their ``shape`` feature).
     """
 
     path: Path
@@ -79,6 +78,12 @@ class DatasetInfo:
     image_count: int
     train_count: int
     label_file: Path | None = None
+    channels: int = 3
+
+    @property
+    def resolutions(self):
+        """The resolutions of the levels present, lowest first."""
+        return sorted(self.level_files)
 
     @property
     def label_names(self):
@@ -117,19 +122,23 @@ class DatasetInfo:
 
 
 def open_dataset(path):
-    """DatasetInfo of a dataset directory; checks the files against dataset.json if present."""
+    """DatasetInfo of a dataset directory; checks the files against dataset.json if present,
+    else the records' own shapes against their file names."""
     path = Path(path)
     if not path.is_dir():
-        raise DatasetError(f"{path}: not a dataset directory")
+        raise DatasetError(f"{path}: not a dataset directory{_build_hint(path)}")
     manifest = read_manifest(path)
     level_files = find_level_files(path)
     if manifest is None:
         if not level_files:
-            raise DatasetError(f"{path}: no <name>-rXX.tfrecords files and no dataset.json")
+            raise DatasetError(f"{path}: no <name>-rXX.tfrecords files and no dataset.json, so not "
+                               f"a data set{_build_hint(path)}")
+        channels = _record_channels(level_files)
         image_count = count_records(level_files[min(level_files)])
         warnings.warn(f"{path}: no dataset.json (a reference-tool dataset?); "
                       f"treating all {image_count} records as the train split", stacklevel=2)
-        return DatasetInfo(path, None, level_files, image_count, image_count, find_labels_file(path))
+        return DatasetInfo(path, None, level_files, image_count, image_count, find_labels_file(path),
+                           channels)
     listed = {}
     for level in manifest["levels"]:
         file = path / level["file"]
@@ -147,7 +156,67 @@ def open_dataset(path):
         if not label_file.is_file():
             raise DatasetError(f"{label_file}: listed in dataset.json but missing")
     return DatasetInfo(path, manifest, listed, manifest["image_count"], manifest["train_count"],
-                       label_file)
+                       label_file, manifest.get("channels", 3))
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def _build_hint(path):
+    """For a path that is no data set: the progan-dataset command that builds one from it,
+    if it holds images (CelebA's, by their names, or any), as ``": build one with ..."``."""
+    celeba_names = ("img_align_celeba", "img_align_celeba_png", "img_align_celeba.zip",
+                    "list_attr_celeba.txt", "list_attr_celeba.csv")
+    if path.is_file():
+        if path.suffix.lower() == ".zip" and "celeba" in path.name.lower():
+            return f"; it looks like CelebA: build a data set with progan-dataset create_celeba OUT {path}"
+        return ""
+    if not path.is_dir():
+        return ""
+    names, images = set(), 0
+    for index, entry in enumerate(os.scandir(path)):
+        if index >= 10_000:  # enough to tell; CelebA's folder alone has 202,599
+            break
+        names.add(entry.name)
+        images += Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+        if entry.is_dir() and not images:  # images one folder down (class folders)
+            images += any(Path(name).suffix.lower() in IMAGE_SUFFIXES
+                          for name in os.listdir(entry.path)[:100])
+    if names & set(celeba_names) or "000001.jpg" in names or "000001.png" in names:
+        return f"; it looks like CelebA: build a data set with progan-dataset create_celeba OUT {path}"
+    if images:
+        return (f"; it holds images: build a data set with progan-dataset create_from_images OUT "
+                f"{path} --size N (N a power of two, e.g. 64)")
+    return ""
+
+
+def _record_channels(level_files):
+    """Channels of the records of a data set without dataset.json, from each level file's
+    first record; a one-line error when a file's records do not match its name."""
+    channels = None
+    for resolution, file in sorted(level_files.items()):
+        shape = first_record_shape(file)
+        if len(shape) != 3 or shape[1:] != (resolution, resolution) or shape[0] not in (1, 3):
+            raise DatasetError(f"{file}: the first record's shape is {list(shape)}, expected "
+                               f"[C, {resolution}, {resolution}] with C 1 or 3 (as the file name says)")
+        if channels not in (None, shape[0]):
+            raise DatasetError(f"{file}: records of {shape[0]} channels, but the other levels "
+                               f"have {channels}")
+        channels = shape[0]
+    return channels
+
+
+def first_record_shape(file):
+    """The ``shape`` feature ([C, H, W]) of a level file's first record, as a tuple."""
+    tf = tensorflow()
+    try:
+        for record in tf.data.TFRecordDataset(str(file)).take(1).as_numpy_iterator():
+            example = tf.train.Example.FromString(record)
+            return tuple(int(v) for v in example.features.feature["shape"].int64_list.value)
+    except (tf.errors.OpError, ValueError) as error:  # protobuf's DecodeError is a ValueError
+        reason = getattr(error, "message", str(error)).splitlines()[0]
+        raise DatasetError(f"{file}: unreadable records ({reason})") from None
+    raise DatasetError(f"{file}: holds no records")
 
 
 @dataclass(frozen=True)
@@ -236,8 +305,7 @@ def _split_labels(info, split):
 
 def count_records(file):
     """Number of records in a TFRecord file."""
-    import tensorflow as tf
-
+    tf = tensorflow()
     try:
         return int(tf.data.TFRecordDataset(str(file)).reduce(np.int64(0), lambda count, _: count + 1))
     except tf.errors.OpError as error:
@@ -246,8 +314,7 @@ def count_records(file):
 
 def _parse_batch(serialized):
     """Serialized Examples [B] -> uint8 images [B, H, W, C] (records store CHW)."""
-    import tensorflow as tf
-
+    tf = tensorflow()
     features = tf.io.parse_example(serialized, {
         "shape": tf.io.FixedLenFeature([3], tf.int64),
         "data": tf.io.FixedLenFeature([], tf.string)})
@@ -259,8 +326,7 @@ def _parse_batch(serialized):
 
 def iter_level(file, first=0, count=None, batch_size=PARSE_BATCH):
     """uint8 image batches [<=batch_size, H, W, C] of records first.. of a level file, in order."""
-    import tensorflow as tf
-
+    tf = tensorflow()
     records = tf.data.TFRecordDataset(str(file), buffer_size=8 << 20).skip(first)
     if count is not None:
         records = records.take(count)
@@ -403,8 +469,7 @@ class RecordFile:
     """
 
     def __init__(self, file, first, count):
-        import tensorflow as tf
-
+        tf = tensorflow()
         self.file, self.first, self.count = Path(file), int(first), int(count)
         self.fd = os.open(self.file, os.O_RDONLY)
         try:
@@ -506,8 +571,7 @@ def uses_memory(path, resolution, split="train", memory_budget=None, shard_count
     """Whether ``load`` with these arguments holds the level in memory (else it streams)."""
     info = open_dataset(path)
     first, stop = info.split_range(split)
-    channels = (info.manifest or {}).get("channels", 3)
-    return _fits(stop - first, resolution, channels, memory_budget, shard_count)
+    return _fits(stop - first, resolution, info.channels, memory_budget, shard_count)
 
 
 def _fits(count, resolution, channels, budget, shard_count):
@@ -541,8 +605,7 @@ def load(path, resolution, split="train", batch_size=32, mirror=False, seed=0, s
         of the records in the batch (see ``read_labels``; mirroring leaves them as they
         are). A data set without labels is then an error.
     """
-    import tensorflow as tf
-
+    tf = tensorflow()
     info = open_dataset(path)
     first, stop = info.split_range(split)
     _check_load(path, split, stop - first, batch_size, start_image, shard_index, shard_count,
@@ -553,8 +616,7 @@ def load(path, resolution, split="train", batch_size=32, mirror=False, seed=0, s
             raise DatasetError(f"{path}: has no labels (no *.labels file); load it with labels=False")
         label_values = _split_labels(info, split).values
     slots = shard_slots(batch_size, shard_index, shard_count, shard_block)
-    channels = (info.manifest or {}).get("channels", 3)
-    streaming = not _fits(stop - first, resolution, channels, memory_budget, shard_count)
+    streaming = not _fits(stop - first, resolution, info.channels, memory_budget, shard_count)
     gather, shape = _gatherer(info, resolution, first, stop, streaming)
 
     def batches():

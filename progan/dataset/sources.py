@@ -1,7 +1,5 @@
 """Where images come from: CelebA, an image folder, TensorFlow Datasets.
 
-(Over 300 lines: one small class per source, with the decoding they share.)
-
 A source lists its items in record order in the main process (``items()``,
 cheap picklable values: file names, or encoded bytes for tfds) and turns one
 item into a square uint8 RGB image in a worker process (``load(item)``). A
@@ -18,6 +16,7 @@ extension, so the JPEG and PNG releases share it), TFDS's from a dict of boolean
 """
 
 import io
+import os
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from progan.dataset.format import DatasetError, log2_resolution
+from progan.dataset.format import DatasetError, log2_resolution, tensorflow
 
 CELEBA_IMAGE_COUNT = 202_599
 CELEBA_SIZE = (178, 218)  # PIL (width, height)
@@ -36,6 +35,35 @@ REFERENCE_ORDER_SEED = 123
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error,
                   PIL.Image.DecompressionBombError)
+
+
+MAX_IMAGE_BYTES = 256 << 20  # an image file larger than this is refused unread
+
+
+def _megabytes(count):
+    return f"{count / (1 << 20):,.0f} MB" if count >= 1 << 20 else f"{count:,} bytes"
+
+
+def _read_capped(member):
+    """The bytes of an open zip member, read in small pieces up to just past MAX_IMAGE_BYTES:
+    zipfile inflates as much as each read asks for before trimming to the declared size, so a
+    member whose declared size lies costs a piece of memory, not what it inflates to."""
+    pieces, size = [], 0
+    while size <= MAX_IMAGE_BYTES:
+        piece = member.read(1 << 16)
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)
+
+
+def _check_image_size(size, verb):
+    """SkipImage when an image file's size (``verb``: "declares " for a zip's directory
+    entry, "holds " for what was read, "" for a size on disk) is above MAX_IMAGE_BYTES."""
+    if size > MAX_IMAGE_BYTES:
+        raise SkipImage(f"{verb}{_megabytes(size)}{' uncompressed' if verb == 'declares ' else ''}, "
+                        f"more than an image file may hold ({_megabytes(MAX_IMAGE_BYTES)}); not read")
 
 
 class SkipImage(Exception):
@@ -204,18 +232,26 @@ class ImageSource:
       count: number of items ``items()`` yields (None if unknown in advance).
       order: manifest ``order`` (see format.py).
       crop: manifest ``crop`` dict or None.
-      default_train_count: records in the train split unless the user says otherwise,
-        as a function of the number of records written.
       labels: a LabelSpec, or None for a source without labels.
+      partitions: names of the groups the records come in, in record order (e.g. CelebA's
+        official train, val, test), or None; then ``partition_of(item)`` gives an item's
+        group index, and the writer counts the records written of each.
     """
 
     kind = "?"
     order = "source"
     crop = None
     labels = None
+    partitions = None
 
-    def default_train_count(self, image_count):
-        return image_count
+    def default_split(self, image_count, partition_counts):
+        """(train count, manifest ``split``) unless the user sets ``--train-count``: from the
+        number of records written and ``{group index: records written}`` (see ``partitions``)."""
+        return image_count, {"rule": "all", "description": "every record is train"}
+
+    def partition_of(self, item):
+        """The index in ``partitions`` of an item's group (only when ``partitions`` is set)."""
+        raise NotImplementedError
 
     def items(self):
         raise NotImplementedError
@@ -265,17 +301,31 @@ class FileListSource(ImageSource):
             yield self.files[index]
 
     def read_bytes(self, item):
+        """The bytes of one file. A file larger than an image may be (``MAX_IMAGE_BYTES``)
+        is refused unread (SkipImage): a zip member by the size its zip directory declares,
+        before a byte is inflated, a file by its size on disk; and either is read with a cap,
+        in case the declared size lies."""
         if self.archive is None:
-            return Path(item).read_bytes()
-        if self._zip is None:  # opened lazily: once per worker process
-            self._zip = zipfile.ZipFile(self.archive)
-        return self._zip.read(item)
+            with open(item, "rb") as handle:
+                _check_image_size(os.fstat(handle.fileno()).st_size, "")
+                data = handle.read(MAX_IMAGE_BYTES + 1)
+        else:
+            if self._zip is None:  # opened lazily: once per worker process
+                self._zip = zipfile.ZipFile(self.archive)
+            info = self._zip.getinfo(item)
+            _check_image_size(info.file_size, "declares ")
+            with self._zip.open(info) as member:
+                data = _read_capped(member)
+        _check_image_size(len(data), "holds ")
+        return data
 
     def open(self, item, check=None, rows=None):
         """(name, decoded Pillow image) of one file; check/rows as in open_image."""
         name = item if self.archive is None else f"{self.archive}:{item}"
         try:
             data = self.read_bytes(item)
+        except SkipImage as error:
+            raise SkipImage(f"{name}: {error}") from None
         except OSError as error:
             raise SkipImage(f"{name}: cannot be read ({error.strerror or error})") from None
         except (zipfile.BadZipFile, zlib.error) as error:
@@ -292,7 +342,12 @@ class FileListSource(ImageSource):
 
 
 class CelebASource(FileListSource):
-    """CelebA 'aligned & cropped' from a folder of JPEG/PNG files or from img_align_celeba.zip."""
+    """CelebA 'aligned & cropped' from a folder of JPEG/PNG files or from a zip of them.
+
+    ``partition``: "thesis" (records in the reference order, the first 200,000 train) or
+    "official" (the reference order within each partition of ``list_eval_partition``: its
+    train images first, then validation, then test; ``partition_rows`` {file stem: 0/1/2}).
+    """
 
     kind = "celeba"
 
@@ -305,17 +360,52 @@ class CelebASource(FileListSource):
                             "max_images": max_images}
         self.location = Path(archive) if archive is not None else (
             Path(files[0]).parent if files else Path(location))
+        self.partition_file, self.partition_rows = None, None
+        self.partition_found = None  # where list_eval_partition was found, used or not
+
+    def use_official_partition(self, where, partition_rows):
+        """Order the records by the official partition (``{file stem: 0, 1 or 2}``)."""
+        self.partition_file, self.partition_rows = where, partition_rows
+        self.order = "permutation(123) by partition"
+        self.partitions = CELEBA_PARTITIONS
 
     @property
     def input_paths(self):
         return [(self.location, self.archive is None)]
 
-    def default_train_count(self, image_count):
-        return min(CELEBA_TRAIN_COUNT, image_count)
+    def items(self):
+        if self.partition_rows is None:
+            yield from super().items()
+            return
+        ordered = list(super().items())
+        for partition in range(len(CELEBA_PARTITIONS)):
+            yield from (item for item in ordered if self.partition_of(item) == partition)
+
+    def partition_of(self, item):
+        return self.partition_rows[_stem(item)]
+
+    def default_split(self, image_count, partition_counts):
+        if self.partition_rows is None:
+            return thesis_split(image_count)
+        train, val, test = (partition_counts.get(index, 0) for index in range(3))
+        return train, {
+            "rule": "official", "file": self.partition_file, "train": train, "val": val, "test": test,
+            "description": f"the official partition of {self.partition_file}: records 0..{train - 1} "
+                          f"are its train images ({train:,}); the test split is its validation "
+                          f"({val:,}) then test ({test:,}) images"}
 
     def load(self, item):
         name, image = self.open(item, self.crop_image.check_size, self.crop_image.rows)
         return name, self.crop_image(image, name), []
+
+
+def thesis_split(image_count, order="the reference order"):
+    """(train count, manifest ``split``) of the thesis's CelebA split: the first 200,000
+    records (in ``order``) train, the rest test."""
+    train = min(CELEBA_TRAIN_COUNT, image_count)
+    return train, {"rule": "thesis",
+                   "description": f"the first {train:,} records (in {order}) are train, the rest "
+                                  "test, as in the thesis (first 200,000 of 202,599)"}
 
 
 def _sorted_images(paths):
@@ -323,15 +413,26 @@ def _sorted_images(paths):
                   key=lambda p: p.name)
 
 
-def celeba_source(path, cx=89, cy=121, max_images=None, attributes="auto"):
-    """A CelebASource for a directory of images, a folder holding ``img_align_celeba[_png]/``
-    or ``img_align_celeba.zip``, or the zip itself. The full set (202,599 files) is required
+# Looked for, in this order, in a folder without images: the PNG and JPEG releases, the zip,
+# and the official download's Img/ folder that holds them.
+CELEBA_FOLDERS = ("img_align_celeba_png", "img_align_celeba", "img_align_celeba.zip", "Img")
+
+
+def celeba_source(path, cx=89, cy=121, max_images=None, attributes="auto", partition="thesis"):
+    """A CelebASource for a folder of images, a folder holding ``img_align_celeba[_png]/``
+    or ``img_align_celeba.zip`` (at any depth of such folders: Kaggle's copy has
+    ``img_align_celeba/img_align_celeba/``), or a zip of the images (the official
+    ``img_align_celeba.zip`` or Kaggle's archive). The full set (202,599 files) is required
     unless ``max_images`` is given, in which case the first ``max_images`` sorted files are used.
 
-    ``attributes``: "auto" reads ``list_attr_celeba.txt`` when it is found beside the images
-    (see ``find_celeba_attributes``), a path reads that file, None builds without labels.
+    ``attributes``: "auto" reads ``list_attr_celeba.txt`` or Kaggle's ``list_attr_celeba.csv``
+    when one is found (see ``find_celeba_file``), a path reads that file, None builds
+    without labels. ``partition``: "thesis" or "official" (see CelebASource); "official"
+    needs ``list_eval_partition.txt`` or ``.csv``.
     """
     crop = CelebACrop(cx, cy)
+    if partition not in ("thesis", "official"):
+        raise DatasetError(f"--partition {partition}: expected thesis or official")
     path = Path(path)
     expected = (f"CELEBA {path}: expected a directory of 178x218 JPEG/PNG files "
                 "or img_align_celeba.zip")
@@ -347,9 +448,9 @@ def celeba_source(path, cx=89, cy=121, max_images=None, attributes="auto"):
     elif path.is_dir():
         files = [str(p) for p in _sorted_images(p for p in path.iterdir() if p.is_file())]
         if not files:
-            for candidate in ("img_align_celeba_png", "img_align_celeba", "img_align_celeba.zip"):
+            for candidate in CELEBA_FOLDERS:
                 if (path / candidate).exists():
-                    return celeba_source(path / candidate, cx, cy, max_images, attributes)
+                    return celeba_source(path / candidate, cx, cy, max_images, attributes, partition)
     if not files:
         raise DatasetError(expected)
     if max_images is None:
@@ -362,47 +463,83 @@ def celeba_source(path, cx=89, cy=121, max_images=None, attributes="auto"):
             raise DatasetError(f"--max-images {max_images}: expected a positive number")
         files = files[:max_images]
     source = CelebASource(files, archive, path, crop, max_images)
-    found = (find_celeba_attributes(source) if attributes == "auto"
+    names = [Path(file).name for file in files]
+    found = (find_celeba_file(source, CELEBA_ATTRIBUTES) if attributes == "auto"
              else None if attributes is None else _read_text_file(Path(attributes), "--attributes"))
     if found is not None:
         text, where = found
-        names, rows = celeba_attribute_rows(text, where, [Path(file).name for file in files])
-        source.set_labels(LabelSpec(tuple(names), "multi_label", where), rows)
+        columns, rows = celeba_attribute_rows(text, where, names)
+        source.set_labels(LabelSpec(tuple(columns), "multi_label", where), rows)
+    found = find_celeba_file(source, CELEBA_PARTITION)
+    if partition == "official":
+        if found is None:
+            raise DatasetError(f"--partition official: no {' or '.join(CELEBA_PARTITION)} found "
+                               f"for {source.location} (looked {_where_looked(source)})")
+        source.use_official_partition(found[1], celeba_partition_rows(*found, names))
+    if found is not None:
+        source.partition_found = found[1]
     return source
 
 
-CELEBA_ATTRIBUTES = "list_attr_celeba.txt"
+CELEBA_ATTRIBUTES = ("list_attr_celeba.txt", "list_attr_celeba.csv")
+CELEBA_PARTITION = ("list_eval_partition.txt", "list_eval_partition.csv")
+CELEBA_PARTITIONS = ("train", "val", "test")  # list_eval_partition's 0, 1, 2
+MAX_TEXT_BYTES = 256 << 20  # list_attr_celeba.txt is 26 MB
 
 
 def _read_text_file(path, flag):
     try:
-        return path.read_text(encoding="utf-8", errors="replace"), str(path)
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_TEXT_BYTES + 1)
     except OSError as error:
         raise DatasetError(f"{flag} {path}: cannot be read ({error.strerror or error})") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise DatasetError(f"{flag} {path}: larger than {_megabytes(MAX_TEXT_BYTES)}, expected a "
+                           "CelebA annotation file (list_attr_celeba.txt is 26 MB)")
+    return data.decode("utf-8", errors="replace"), str(path)
 
 
-def find_celeba_attributes(source):
-    """(text, where) of ``list_attr_celeba.txt`` found beside a CelebASource's images, or None.
+def _annotation_folders(source):
+    """Folders where CelebA's annotation files are looked for, nearest first: the zip's folder
+    and the one above it; or the image folder and up to two folders above it (Kaggle's CSVs
+    sit two above its ``img_align_celeba/img_align_celeba/``). In each, also ``Anno/`` and
+    ``Eval/`` (the official download's ``CelebA/Anno/``, ``CelebA/Eval/`` next to
+    ``CelebA/Img/``)."""
+    if source.archive is not None:
+        bases = [Path(source.archive).parent, Path(source.archive).parent.parent]
+    else:
+        bases = [source.location, source.location.parent, source.location.parent.parent]
+    folders = []
+    for base in dict.fromkeys(bases):
+        folders += [base, base / "Anno", base / "Eval"]
+    return folders
 
-    Looked for, in this order: inside the zip (at any depth), then beside the zip; or in
-    the image folder, then its parent; then in an ``Anno/`` folder beside them (the layout
-    of the official download: ``CelebA/Anno/`` next to ``CelebA/Img/``).
-    """
+
+def _where_looked(source):
+    inside = f"inside {source.archive}, " if source.archive is not None else ""
+    return inside + "in " + ", ".join(str(folder) for folder in _annotation_folders(source))
+
+
+def find_celeba_file(source, names):
+    """(text, where) of the first of ``names`` found for a CelebASource, or None: inside its
+    zip (at any depth), then in the folders of ``_annotation_folders``."""
     if source.archive is not None:
         with zipfile.ZipFile(source.archive) as handle:
-            members = sorted(n for n in handle.namelist() if Path(n).name == CELEBA_ATTRIBUTES)
-            if members:
-                text = handle.read(members[0]).decode("utf-8", errors="replace")
-                return text, f"{source.archive}:{members[0]}"
-        folders = [Path(source.archive).parent]
-    else:
-        folders = [source.location, source.location.parent]
-    candidates = [folder / CELEBA_ATTRIBUTES for folder in folders]
-    candidates += [folders[-1] / "Anno" / CELEBA_ATTRIBUTES,
-                   folders[-1].parent / "Anno" / CELEBA_ATTRIBUTES]
-    for candidate in candidates:
-        if candidate.is_file():
-            return _read_text_file(candidate, "attributes file")
+            for name in names:
+                members = sorted(info for info in handle.infolist() if Path(info.filename).name == name)
+                if members:
+                    where = f"{source.archive}:{members[0].filename}"
+                    if members[0].file_size > MAX_TEXT_BYTES:
+                        raise DatasetError(f"{where}: declares {_megabytes(members[0].file_size)}, "
+                                           "expected a CelebA annotation file (at most "
+                                           f"{_megabytes(MAX_TEXT_BYTES)})")
+                    with handle.open(members[0]) as member:
+                        data = member.read(MAX_TEXT_BYTES)
+                    return data.decode("utf-8", errors="replace"), where
+    for folder in _annotation_folders(source):
+        for name in names:
+            if (folder / name).is_file():
+                return _read_text_file(folder / name, "annotation file")
     return None
 
 
@@ -413,28 +550,54 @@ def _stem(name):
     return base.rpartition(".")[0] or base
 
 
-def parse_celeba_attributes(text, where):
-    """(names, {file stem: (line number, row index)}, uint8 0/1 [M, len(names)]) of the
-    text of ``list_attr_celeba.txt``: the image count, the names, then one line per image
-    (file name and one -1/1 per name). Any other shape is a one-line DatasetError naming
-    ``where`` and the line."""
-    lines = text.splitlines()
+def _table(text, where, header, cells):
+    """(names, [(line number, cells)], declared image count or None) of a CelebA annotation
+    file in either copy's form.
+
+    The official ``.txt`` (``header="count"``): line 1 the image count, line 2 the column
+    names, then a file name and one value per name, separated by spaces. Kaggle's ``.csv``
+    (a comma in line 1): ``image_id,<names>``, then one comma-separated line per image. With
+    ``header="none"`` the official file has no header lines (``list_eval_partition.txt``).
+    A UTF-8 byte-order mark and CRLF line ends are accepted. ``cells`` is the expected
+    header of the csv (``None``: any names).
+    """
+    lines = text.removeprefix("\ufeff").splitlines()
+    first = lines[0].strip() if lines else ""
+    if "," in first:
+        names = [cell.strip() for cell in first.split(",")]
+        if names[0] != "image_id" or len(names) < 2 or (cells is not None and names[1:] != cells):
+            wanted = "image_id," + (",".join(cells) if cells is not None else "<names>")
+            raise DatasetError(f"{where}: line 1: expected the header {wanted}, found {first[:40]!r}")
+        rows = [(number, [cell.strip() for cell in line.split(",")])
+                for number, line in enumerate(lines[1:], start=2) if line.strip()]
+        return names[1:], rows, None
+    if header == "none":
+        return cells, [(number, line.split()) for number, line in enumerate(lines, start=1)
+                       if line.strip()], None
     try:
-        declared = int(lines[0].strip())
-    except (IndexError, ValueError):
-        first = lines[0].strip()[:40] if lines else ""
-        raise DatasetError(f"{where}: line 1: expected the image count, found {first!r}") from None
+        declared = int(first)
+    except ValueError:
+        raise DatasetError(f"{where}: line 1: expected the image count, found {first[:40]!r} "
+                           "(or Kaggle's CSV header image_id,...)") from None
     names = lines[1].split() if len(lines) > 1 else []
     if not names:
         raise DatasetError(f"{where}: line 2: expected the attribute names")
+    rows = [(number, line.split()) for number, line in enumerate(lines[2:], start=3) if line.strip()]
+    return names, rows, declared
+
+
+def parse_celeba_attributes(text, where):
+    """(names, {file stem: (line number, row index)}, uint8 0/1 [M, len(names)]) of the
+    text of ``list_attr_celeba.txt`` (the image count, the names, then one line per image:
+    file name and one -1/1 per name) or of Kaggle's ``list_attr_celeba.csv`` (a header
+    ``image_id,<names>``, then the same rows, comma-separated). Any other shape is a
+    one-line DatasetError naming ``where`` and the line."""
+    names, lines, declared = _table(text, where, "count", None)
     stems, rows = {}, []
-    for number, line in enumerate(lines[2:], start=3):
-        parts = line.split()
-        if not parts:
-            continue
+    for number, parts in lines:
         if len(parts) - 1 != len(names):
             raise DatasetError(f"{where}: line {number}: {len(parts) - 1} values, expected "
-                               f"{len(names)} (one per attribute name on line 2)")
+                               f"{len(names)} (one per attribute name of the header)")
         if not set(parts[1:]) <= {"1", "-1"}:
             bad = next(value for value in parts[1:] if value not in ("1", "-1"))
             raise DatasetError(f"{where}: line {number}: value {bad[:20]!r} for "
@@ -445,7 +608,7 @@ def parse_celeba_attributes(text, where):
                                f"(first on line {stems[stem][0]})")
         stems[stem] = (number, len(rows))
         rows.append("".join(parts[1:]))  # e.g. "-11-1": unambiguous, every "-" precedes a 1
-    if len(rows) != declared:
+    if declared is not None and len(rows) != declared:
         raise DatasetError(f"{where}: line 1 says {declared} images but the file lists {len(rows)}")
     digits = "".join(rows).replace("-1", "0").encode("ascii")  # one character per value
     values = (np.frombuffer(digits, np.uint8) - ord("0")).reshape(len(rows), len(names))
@@ -464,6 +627,27 @@ def celeba_attribute_rows(text, where, file_names):
                                "matched by file name; pass --no-attributes to build without them)")
         rows.append(found[1])
     return names, values[rows].astype(np.float32)
+
+
+def celeba_partition_rows(text, where, file_names):
+    """{file stem: 0 (train), 1 (validation) or 2 (test)} of each file, from the official
+    ``list_eval_partition.txt`` (``000001.jpg 0`` per line, no header) or Kaggle's
+    ``list_eval_partition.csv`` (header ``image_id,partition``)."""
+    _, lines, _ = _table(text, where, "none", ["partition"])
+    partitions = {}
+    for number, parts in lines:
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+            raise DatasetError(f"{where}: line {number}: expected a file name and its partition "
+                               f"0, 1 or 2, found {' '.join(parts)[:40]!r}")
+        partitions[_stem(parts[0])] = int(parts[1])
+    rows = {}
+    for name in file_names:
+        stem = _stem(name)
+        if stem not in partitions:
+            raise DatasetError(f"{where}: has no line for {name} (--partition official needs the "
+                               "partition of every image)")
+        rows[stem] = partitions[stem]
+    return rows
 
 
 class ImageFolderSource(FileListSource):
@@ -529,6 +713,52 @@ class ImageFolderSource(FileListSource):
         return name, center_square(to_rgb(image, notes), self.resolution, notes), notes
 
 
+# What TFDS downloads for celeb_a (its checksums.tsv), the names its manual folder takes.
+CELEB_A_TFDS_FILES = ("img_align_celeba.zip", "list_attr_celeba.txt", "list_eval_partition.txt",
+                      "list_landmarks_align_celeba.txt", "identity_CelebA.txt")
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _is_download_failure(error):
+    """Whether a TFDS preparation failure is a failed download (as opposed to, say, a full disk)."""
+    import urllib.error
+
+    from tensorflow_datasets.core.download import download_manager, util
+
+    kinds = (download_manager.NonMatchingChecksumError, util.DownloadError, ConnectionError,
+             TimeoutError, urllib.error.URLError)
+    try:
+        import requests
+
+        kinds += (requests.RequestException,)
+    except ImportError:
+        pass
+    text = str(error)
+    return isinstance(error, kinds) or "drive.google.com" in text or "GDrive" in text
+
+
+def preparation_failure(name, error, data_dir_root):
+    """One line for a failed ``download_and_prepare`` of a TFDS dataset: what happened, and
+    for a failed download the way around it (celeb_a: Google Drive's quota)."""
+    manual = Path(data_dir_root) / "downloads" / "manual"
+    if not _is_download_failure(error):
+        return f"NAME {name}: cannot be prepared ({_first_line(error)})"
+    if name.split(":")[0] != "celeb_a":
+        return (f"NAME {name}: the download failed ({_first_line(error)}); check the network and "
+                f"try again, or put the files TFDS downloads for it in {manual}/")
+    return (f"NAME {name}: the download failed ({_first_line(error)[:160]}): Google Drive, which "
+            "serves celeb_a's files, refuses them once their daily download quota is used up. "
+            "Download the aligned images and attribute files yourself (the official "
+            "img_align_celeba.zip and Anno/list_attr_celeba.txt from "
+            "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, or Kaggle's "
+            "jessicali9530/celeba-dataset) and run: progan-dataset create_celeba OUT FOLDER; or put "
+            f"{', '.join(CELEB_A_TFDS_FILES)} in {manual}/ and run this command again")
+
+
 class TfdsSource(ImageSource):
     """An image dataset of TensorFlow Datasets, read in the split's own order.
 
@@ -544,12 +774,24 @@ class TfdsSource(ImageSource):
 
     def __init__(self, name, split="train", data_dir=None, image_key="image",
                  resolution=None, cx=89, cy=121, attributes=True):
+        tensorflow()  # quietly, before tensorflow_datasets imports it
         import tensorflow_datasets as tfds
 
+        self.crop_image = CelebACrop(cx, cy) if name.split(":")[0] == "celeb_a" else None
+        if self.crop_image is not None:
+            self.crop = self.crop_image.describe()
+            self.resolution = CELEBA_CROP_SIZE
+        else:
+            if resolution is None:
+                raise DatasetError(f"NAME {name}: --size is required for this dataset (only "
+                                   "celeb_a has a crop of its own)")
+            log2_resolution(resolution)
+            self.resolution = resolution
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except Exception as error:  # tfds raises many types for unknown names
-            raise DatasetError(f"NAME {name}: not a TensorFlow Datasets dataset ({error})") from None
+            raise DatasetError(f"NAME {name}: not a TensorFlow Datasets dataset "
+                               f"({_first_line(error)})") from None
         features = builder.info.features
         if image_key not in features:
             raise DatasetError(
@@ -557,22 +799,13 @@ class TfdsSource(ImageSource):
         try:
             builder.download_and_prepare()
         except Exception as error:  # download / preparation failures of any kind
-            raise DatasetError(f"NAME {name}: cannot be prepared ({error})") from None
+            raise DatasetError(preparation_failure(name, error, builder.data_dir_root)) from None
         splits = builder.info.splits
         if splits and split not in splits:
             raise DatasetError(f"--split {split}: not a split of {name} (it has {', '.join(splits)})")
         self.count = splits[split].num_examples if splits else None  # None: unknown (mocked)
         self.builder, self.split, self.image_key = builder, split, image_key
         self.name = name
-        self.crop_image = CelebACrop(cx, cy) if name.split(":")[0] == "celeb_a" else None
-        if self.crop_image is not None:
-            self.crop = self.crop_image.describe()
-            self.resolution = CELEBA_CROP_SIZE
-        else:
-            if resolution is None:
-                raise DatasetError(f"NAME {name}: --resolution is required for this dataset")
-            log2_resolution(resolution)
-            self.resolution = resolution
         self.description = {"kind": self.kind, "name": name, "split": split,
                             "data_dir": None if data_dir is None else str(data_dir),
                             "image_key": image_key}
@@ -582,19 +815,18 @@ class TfdsSource(ImageSource):
 
     def _attribute_labels(self, features):
         """A LabelSpec of the boolean ``attributes`` dict of the features, or None."""
-        import tensorflow as tf
         import tensorflow_datasets as tfds
 
         found = features["attributes"] if "attributes" in features else None
         if not isinstance(found, tfds.features.FeaturesDict) or not found.keys() or any(
-                feature.dtype != tf.bool for feature in found.values()):
+                feature.np_dtype != np.bool_ for feature in found.values()):
             return None
         return LabelSpec(tuple(found.keys()), "multi_label", f"tfds {self.name} 'attributes'")
 
-    def default_train_count(self, image_count):
+    def default_split(self, image_count, partition_counts):
         if self.crop_image is not None:
-            return min(CELEBA_TRAIN_COUNT, image_count)
-        return image_count
+            return thesis_split(image_count, f"the order of TFDS's {self.split} split")
+        return super().default_split(image_count, partition_counts)
 
     def items(self):
         import tensorflow_datasets as tfds

@@ -1,12 +1,8 @@
-"""Write a source's images as a TFRecord pyramid, in parallel, atomically, safely.
+"""Write a source's images as a TFRecord pyramid in a staging folder, then swap it in.
 
-(Long because the safety is the point: the output checks, the workers and their fault
-handling, staging and the atomic swap belong together; split, each part would be unsafe alone.)
-
-Workers (forked processes) decode, crop, build the pyramid and write each chunk of
-up to 16 images as small TFRecord files; the main process appends the chunks in
-order to the level files (no image data crosses a pipe). Memory stays bounded: at
-most 4 chunks per worker are in flight.
+The worker processes that encode the images are ``progan.dataset.pool``'s; this module
+decides what OUT may be, appends the workers' chunks in record order to the level files,
+writes the labels file and ``dataset.json``, and moves the finished data set into place.
 
 Safety rules (see ``check_out``):
 
@@ -22,8 +18,6 @@ Safety rules (see ``check_out``):
 - Staging folders of builds whose process is gone (SIGKILL, power loss) are
   removed by the next build in the same parent folder.
 
-Workers get their tasks as JSON plus raw bytes over pipes (no pickle).
-
 Labels (a source with ``labels``): each reply names the positions of the items its chunk
 wrote, and the main process asks the source for their labels as it appends the chunk, so
 row ``i`` of ``<name>-rxx.labels`` is record ``i`` and a skipped input has no row. The file
@@ -31,15 +25,12 @@ is written in the staging folder with the level files and moves with them: a dat
 never has labels without records or records without their labels.
 """
 
+import collections
 import ctypes
-import errno
 import hashlib
 import json
-import multiprocessing
-import multiprocessing.connection
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -48,102 +39,17 @@ import numpy as np
 
 from progan.dataset.format import (FORMAT_NAME, FORMAT_VERSION, LEVEL_FILE_PATTERN, MANIFEST_NAME,
                                    MIN_LOG2, DatasetError, file_sha256, labels_filename,
-                                   level_filename, log2_resolution, serialize_example, write_labels,
-                                   write_manifest)
-from progan.dataset.pyramid import build_pyramid
-from progan.dataset.sources import SkipImage
-from progan.system import held_native_stderr, pid_alive
+                                   level_filename, log2_resolution, write_labels, write_manifest)
+from progan.dataset.pool import (CHUNK_SIZE, Terminated, default_workers, encoded_chunks, error_line,
+                                 load_tensorflow)
+from progan.system import pid_alive
 
-_WORKER_STATE = {}
-CHUNK_SIZE = 48  # small enough that the last chunks leave little idle time, large enough
-#                  that opening each chunk's level files costs little per image
+__all__ = ["CHUNK_SIZE", "Progress", "RECORD_OVERHEAD", "STAGING_MARKER", "Terminated", "check_out",
+           "default_workers", "estimate_bytes", "remove_stale_staging", "write_dataset"]
+
 STAGING_MARKER = ".progan-dataset-staging"
 RECORD_OVERHEAD = 64  # bytes per record beyond the pixels: Example framing + TFRecord header/CRCs
 
-
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM (see ``terminate_on_sigterm``)."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(signal.Signals(signum).name)
-
-
-def terminate_on_sigterm():
-    """Make SIGTERM raise ``Terminated`` in the main thread, so a build cleans up on it."""
-    signal.signal(signal.SIGTERM, _raise_terminated)
-
-
-def _init_worker(source, num_levels, level_names):
-    _WORKER_STATE.update(source=source, num_levels=num_levels, level_names=level_names)
-
-
-def _load(source, item):
-    """(name, image, notes) of one item; sources may return (name, image)."""
-    loaded = source.load(item)
-    return loaded if len(loaded) == 3 else (loaded[0], loaded[1], [])
-
-
-def _encode_chunk(task):
-    """Worker: load, pyramid and write one chunk of items as its own small level files.
-
-    Args:
-      task: (chunk file prefix, list of source items).
-    Returns:
-      dict(prefix, written, skipped=[messages], notes=[[kind, name, detail]],
-      kept=[positions in the chunk of the items written]).
-    """
-    import tensorflow as tf
-
-    prefix, items = task
-    source, names = _WORKER_STATE["source"], _WORKER_STATE["level_names"]
-    writers = [tf.io.TFRecordWriter(f"{prefix}-{name}") for name in names]
-    written, skipped, notes, kept = 0, [], [], []
-    try:
-        for position, item in enumerate(items):
-            try:
-                name, image, image_notes = _load(source, item)
-            except SkipImage as error:
-                skipped.append(str(error))
-                continue
-            except (DatasetError, KeyboardInterrupt):
-                raise
-            except Exception as error:  # a failure that is not the file's: name the item
-                raise DatasetError(f"{_describe_item(item)}: {_error_line(error)}") from None
-            notes.extend([kind, name, detail] for kind, detail in image_notes)
-            levels = build_pyramid(image, _WORKER_STATE["num_levels"])[-len(names):]
-            for writer, level in zip(writers, levels):
-                writer.write(_fast_example(level))
-            written += 1
-            kept.append(position)
-    finally:
-        for writer in writers:
-            writer.close()
-    return {"prefix": prefix, "written": written, "skipped": skipped, "notes": notes, "kept": kept}
-
-
-_EXAMPLE_TEMPLATES = {}
-
-
-def _fast_example(image_chw):
-    """``serialize_example(image_chw)``, byte for byte, from a template per shape: the
-    serialized Example is the same bytes around the pixels for every image of a shape."""
-    template = _EXAMPLE_TEMPLATES.get(image_chw.shape)
-    if template is None:
-        probe = np.full(image_chw.shape, 0x5A, np.uint8)
-        serialized = serialize_example(probe)
-        data = probe.tobytes()
-        start = serialized.rfind(data)
-        if start < 0 or serialized.count(data) != 1 or serialize_example(
-                np.full(image_chw.shape, 0xA5, np.uint8)) != (
-                serialized[:start] + b"\xa5" * len(data) + serialized[start + len(data):]):
-            template = False  # not a fixed layout: always serialize
-        else:
-            template = (serialized[:start], serialized[start + len(data):])
-        _EXAMPLE_TEMPLATES[image_chw.shape] = template
-    if template is False:
-        return serialize_example(image_chw)
-    return template[0] + image_chw.tobytes() + template[1]
 
 
 # -- messages -------------------------------------------------------------------------------
@@ -155,35 +61,6 @@ def _size(count):
             return f"{count / scale:.1f} {unit}"
     return f"{count} bytes"
 
-
-def _load_tensorflow():
-    """Load the TensorFlow parts the workers use, once, before they fork: TensorFlow loads
-    lazily, and each worker would otherwise spend seconds loading it for itself. Its C++
-    start-up lines (oneDNN, CPU features) are held back, and shown only if loading fails."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with held_native_stderr():
-        import tensorflow as tf
-
-        serialize_example(np.zeros((3, 4, 4), np.uint8))
-        writer = tf.io.TFRecordWriter(os.devnull)
-        writer.close()
-    return tf.io.TFRecordWriter
-
-
-def _error_line(error, context=""):
-    """One line for an exception raised while building (OSError, TensorFlow, anything)."""
-    if isinstance(error, DatasetError):
-        return str(error)
-    if isinstance(error, OSError):
-        where = error.filename or context
-        reason = "no space left on device" if error.errno in (errno.ENOSPC, errno.EDQUOT) \
-            else (error.strerror or str(error))
-        return f"{where}: {reason}" if where else reason
-    message = getattr(error, "message", None) or str(error) or type(error).__name__
-    first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
-    if "No space left on device" in message:
-        first = "no space left on device"
-    return f"{context}: {first}" if context else f"{type(error).__name__}: {first}"
 
 
 def _skip_entry(message):
@@ -201,202 +78,6 @@ def _process_start(pid):
     except (OSError, ValueError, IndexError):
         return None
 
-
-def _die_with_parent(parent):
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us if the parent dies
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def _pack(prefix, items):
-    """A task as bytes: JSON header ([prefix, [[kind, value, length]...]]) + raw byte payloads."""
-    header, blobs = [], []
-    for item in items:
-        if isinstance(item, tuple) and len(item) == 2:
-            data = bytes(item[1])
-            header.append(["b", int(item[0]), len(data)])
-            blobs.append(data)
-        elif isinstance(item, (int, np.integer)):
-            header.append(["i", int(item)])
-        else:
-            header.append(["s", str(item)])
-    head = json.dumps([prefix, header]).encode()
-    return len(head).to_bytes(8, "little") + head + b"".join(blobs)
-
-
-def _unpack(message):
-    size = int.from_bytes(message[:8], "little")
-    prefix, header = json.loads(message[8:8 + size])
-    items, offset = [], 8 + size
-    for entry in header:
-        if entry[0] == "b":
-            items.append((entry[1], message[offset:offset + entry[2]]))
-            offset += entry[2]
-        else:
-            items.append(entry[1])
-    return prefix, items
-
-
-def _worker_main(conn, parent, source, num_levels, level_names, inherited):
-    # The main process coordinates Ctrl-C and SIGTERM (it kills the workers): a signal to
-    # the whole process group must not kill a worker first and look like a crash.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent(parent)
-    for other in inherited:  # other workers' pipe ends, inherited through fork
-        other.close()
-    _init_worker(source, num_levels, level_names)
-    while True:
-        try:
-            message = conn.recv_bytes()
-        except (EOFError, OSError):
-            os._exit(0)
-        if not message:
-            os._exit(0)
-        prefix, items = _unpack(message)
-        try:
-            reply = _encode_chunk((prefix, items))
-        except BaseException as error:  # everything goes back as one line
-            reply = {"error": _error_line(error, str(Path(prefix).parent.parent)), "prefix": prefix}
-        try:
-            conn.send_bytes(json.dumps(reply).encode())
-        except OSError:
-            os._exit(1)
-
-
-class _Worker:
-    def __init__(self, context, parent, source, num_levels, level_names, others):
-        ours, theirs = context.Pipe()
-        self.process = context.Process(
-            target=_worker_main, daemon=True,
-            args=(theirs, parent, source, num_levels, level_names, [w.conn for w in others] + [ours]))
-        self.process.start()
-        theirs.close()
-        self.conn, self.task = ours, None
-
-    def death(self):
-        code = self.process.exitcode
-        if code is None:
-            return "stopped answering"
-        if code < 0:
-            return f"was killed by {signal.Signals(-code).name}"
-        return f"exited with code {code}"
-
-
-def _chunks(items, size):
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _describe_item(item):
-    if isinstance(item, tuple):
-        return f"item {item[0]}"
-    if isinstance(item, (int, np.integer)):
-        return f"item {item}"
-    return str(item)
-
-
-def _describe_chunk(chunk):
-    more = f" and {len(chunk) - 1} more" if len(chunk) > 1 else ""
-    return f"{_describe_item(chunk[0])}{more}"
-
-
-def _encoded_chunks(source, num_levels, level_names, workers, chunk_dir):
-    """Results of _encode_chunk in record order, each with its chunk's ``items`` (a generator:
-    close it to stop the workers)."""
-    size = CHUNK_SIZE if source.count is None else max(1, min(CHUNK_SIZE, source.count // (4 * workers)))
-    tasks = ((f"{chunk_dir / 'chunk'}{index:08d}", chunk)
-             for index, chunk in enumerate(_chunks(source.items(), size)))
-    if workers <= 1:
-        _init_worker(source, num_levels, level_names)
-        for task in tasks:
-            yield dict(_encode_chunk(task), items=task[1])
-        return
-    # fork shares the already-imported modules (TensorFlow is imported by the package);
-    # workers use only numpy, Pillow, protobuf and TF's synchronous record writer.
-    context = multiprocessing.get_context("fork")
-    pool = []
-    try:
-        for _ in range(workers):
-            pool.append(_Worker(context, os.getpid(), source, num_levels, level_names, pool))
-        idle, busy = list(pool), {}
-        done, first_items = {}, {}
-        sent = appended = 0
-        exhausted = False
-        while True:
-            while idle and not exhausted and sent - appended < 4 * workers:
-                try:
-                    prefix, chunk = next(tasks)
-                except StopIteration:
-                    exhausted = True
-                    break
-                worker = idle.pop()
-                worker.task = sent
-                first_items[sent] = chunk
-                busy[worker.conn] = worker
-                worker.conn.send_bytes(_pack(prefix, chunk))
-                sent += 1
-            while appended in done:
-                yield dict(done.pop(appended), items=first_items.pop(appended))
-                appended += 1
-            if exhausted and not busy and not done:
-                return
-            sentinels = {worker.process.sentinel: worker for worker in pool}
-            ready = multiprocessing.connection.wait(list(busy) + list(sentinels), timeout=5.0)
-            for handle in sorted(ready, key=lambda h: h not in busy):  # replies before deaths
-                if handle in busy:
-                    worker = busy[handle]
-                    try:
-                        reply = json.loads(handle.recv_bytes())
-                    except (EOFError, OSError):
-                        worker.process.join(1)
-                        raise DatasetError(
-                            f"worker process {worker.process.pid} {worker.death()} while encoding "
-                            f"{_describe_chunk(first_items[worker.task])}") from None
-                    if "error" in reply:
-                        raise DatasetError(reply["error"])
-                    del busy[handle]
-                    done[worker.task] = reply
-                    idle.append(worker)
-                elif sentinels[handle].conn not in busy or not sentinels[handle].conn.poll():
-                    worker = sentinels[handle]
-                    worker.process.join(1)
-                    what = ("" if worker.task is None or worker.conn not in busy else
-                            f" while encoding {_describe_chunk(first_items[worker.task])}")
-                    raise DatasetError(f"worker process {worker.process.pid} {worker.death()}{what}")
-    finally:
-        _stop(pool)
-
-
-def _stop(pool):
-    """End every worker within about a second: they only ever write into the staging folder."""
-    for worker in pool:
-        if worker.process.is_alive():
-            try:
-                os.kill(worker.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for worker in pool:
-        worker.process.join(2)
-        worker.conn.close()
-
-
-def default_workers():
-    """All cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 class Progress:
@@ -684,6 +365,10 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     if train_count is not None:
         if train_count < 0:
             raise DatasetError(f"--train-count {train_count}: expected a count >= 0")
+        if source.partitions is not None:
+            raise DatasetError(f"--train-count {train_count}: the source's records come in "
+                               f"partitions ({', '.join(source.partitions)}) that set the train "
+                               "split; leave --train-count out")
         if source.count is not None and train_count > source.count:
             raise DatasetError(f"--train-count {train_count}: the source has only "
                                f"{source.count:,} images")
@@ -695,7 +380,7 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     bar = Progress(source.count, f"{name}", enabled=progress)
     remove_stale_staging(parent, bar.write)
     _check_free_space(parent, source.count, resolutions, out_dir)
-    _load_tensorflow()
+    load_tensorflow()
     bar.start = time.perf_counter()  # rates count the build, not the loading of TensorFlow
 
     staging = parent / f".{name}.partial-{os.getpid()}"
@@ -704,6 +389,7 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     level_names = [level_filename(name, r) for r in resolutions]
     current = staging
     image_count, skipped, notes, label_rows = 0, [], [], []
+    partition_counts = collections.Counter()
     if source.labels is not None and progress:  # the summary line says it when quiet
         bar.write(f"labels: {len(source.labels.names)} {source.labels.kind} from {source.labels.origin}")
     try:
@@ -714,7 +400,7 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
         chunk_dir.mkdir()
         outputs = [open(staging / level_name, "wb") for level_name in level_names]
         digests = [hashlib.sha256() for _ in level_names]  # hashed while the workers run
-        chunks = _encoded_chunks(source, num_levels, level_names, workers, chunk_dir)
+        chunks = encoded_chunks(source, num_levels, level_names, workers, chunk_dir)
         try:
             for reply in chunks:
                 chunk_skipped = reply["skipped"]
@@ -733,10 +419,14 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
                     current = staging / level_name
                     output.write(records)
                     part.unlink()
-                if source.labels is not None:  # the items written, in record order
-                    label_rows.extend(source.label(reply["items"][k]) for k in reply["kept"])
+                written = [reply["items"][k] for k in reply["kept"]]  # in record order
+                if source.labels is not None:
+                    label_rows.extend(source.label(item) for item in written)
+                if source.partitions is not None:
+                    partition_counts.update(source.partition_of(item) for item in written)
                 image_count += reply["written"]
                 bar.update(reply["written"] + len(chunk_skipped))
+                _check_train_count(train_count, source.count, skipped)
             current = staging
         finally:
             chunks.close()  # stops the workers
@@ -749,7 +439,13 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
         if image_count == 0:
             raise DatasetError(f"{source.description.get('path', name)}: no readable images "
                                f"({len(skipped)} skipped)")
-        train = source.default_train_count(image_count) if train_count is None else int(train_count)
+        if train_count is None:
+            train, split = source.default_split(image_count, partition_counts)
+        else:
+            train, split = int(train_count), {
+                "rule": "train_count",
+                "description": f"the first {train_count:,} records are train (--train-count), "
+                               "the rest test"}
         if not 0 <= train <= image_count:
             raise DatasetError(f"--train-count {train}: only {image_count:,} images were readable "
                                f"({len(skipped)} skipped); expected 0..{image_count}")
@@ -761,7 +457,7 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
             "name": name, "source": source.description, "crop": source.crop,
             "resolution": top, "source_resolution": source.resolution, "channels": 3,
             "image_count": image_count, "order": source.order,
-            "train_count": train, "test_count": image_count - train,
+            "train_count": train, "test_count": image_count - train, "split": split,
             "skipped_count": len(skipped), "skipped": [_skip_entry(reason) for reason in skipped],
             "notes": {kind: {"count": line["count"], "example": line["example"]}
                       for kind, line in summary.items()},
@@ -779,7 +475,7 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, (OSError, DatasetError)) or type(error).__module__.startswith("tensorflow"):
-            line = _error_line(error, str(current))
+            line = error_line(error, str(current))
             if "no space left on device" in line:
                 needed = estimate_bytes(source.count or image_count, resolutions)
                 line = (f"OUT {out_dir}: no space left on device in {parent} while writing the data "
@@ -791,6 +487,15 @@ def write_dataset(out_dir, source, *, max_resolution=None, workers=None, overwri
     finally:
         bar.close()
     return manifest
+
+
+def _check_train_count(train_count, count, skipped):
+    """Stop a build as soon as ``--train-count`` exceeds the images that can still be readable
+    (the inputs less those skipped so far), rather than at its end."""
+    if train_count is not None and count is not None and count - len(skipped) < train_count:
+        raise DatasetError(f"--train-count {train_count}: at most {count - len(skipped):,} images "
+                           f"can be readable ({count:,} inputs, {len(skipped):,} skipped so far); "
+                           f"expected at most that many")
 
 
 def _write_labels(path, spec, rows):
