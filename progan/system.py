@@ -23,7 +23,8 @@ def pid_alive(pid: int) -> bool:
 @contextlib.contextmanager
 def held_native_stderr():
     """Hold back what C++ code writes to file descriptor 2 inside the block (TensorFlow's
-    start-up lines about oneDNN and CPU features); show it only if the block fails."""
+    start-up lines about oneDNN and CPU features); show it only if the block fails with an
+    error (a Ctrl-C or an exit is not a failure to explain: the lines stay held back)."""
     try:
         stderr = sys.stderr.fileno()
     except (AttributeError, ValueError, OSError):  # no real stderr (e.g. captured): nothing to hold
@@ -35,7 +36,7 @@ def held_native_stderr():
         os.dup2(held.fileno(), stderr)
         try:
             yield
-        except BaseException:
+        except Exception:
             os.dup2(saved, stderr)
             held.seek(0)
             sys.stderr.write(held.read().decode(errors="replace"))

@@ -209,8 +209,9 @@ def test_the_transfer_and_conditional_pages_commands_run(tmp_path, tiny_dataset)
 
     make_celeba_like_images(tmp_path / "portraits", 24)
     make_kaggle_celeba(tmp_path / "celeba")
-    setup = ["progan train --total-kimg 0.1",
-             "progan-dataset create_celeba tfrecords/celeba celeba --max-resolution 8"]
+    setup = [f"progan train --data {tiny_dataset} --out runs/demo --config demo --max-resolution 8 "
+             "--total-kimg 0.1",  # the demo run the transfer page starts from, small
+             "progan-dataset create_celeba tfrecords/celeba celeba --max-resolution 8 --max-images 32"]
     transfer = substituted(page_commands(TRANSFER), (("~/data/portraits", "portraits"),
                                                     ("--kimg 20", "--kimg 0.05")))
     conditional = substituted(page_commands(CONDITIONAL), (
@@ -228,15 +229,16 @@ def test_the_transfer_and_conditional_pages_commands_run(tmp_path, tiny_dataset)
 
 
 def test_the_readme_tfds_command_runs_on_tfds_mock_data(tmp_path, monkeypatch):
-    """The create_tfds line word for word; TensorFlow Datasets' own mock stands in for the
-    1.4 GB download (the tool's real loading path otherwise)."""
+    """docs/data.md's create_tfds line word for word; TensorFlow Datasets' own mock stands in
+    for the 1.4 GB download (the tool's real loading path otherwise)."""
     import tensorflow_datasets as tfds
 
     from progan.dataset.cli import main
 
-    command = next(c for c in bash_commands() if c.startswith("progan-dataset create_tfds"))
+    data_page = (REPO / "docs" / "data.md").read_text()
+    command = next(c for c in page_commands(data_page) if c.startswith("progan-dataset create_tfds"))
     monkeypatch.chdir(tmp_path)
     with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
         assert main(shlex.split(command)[1:]) == 0
-    manifest = json.loads((tmp_path / "tfrecords" / "celeba" / "dataset.json").read_text())
+    manifest = json.loads((tmp_path / "tfrecords" / "celeba-tfds" / "dataset.json").read_text())
     assert manifest["image_count"] == 6 and manifest["source"]["name"] == "celeb_a"
