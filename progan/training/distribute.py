@@ -134,24 +134,26 @@ def slurm_resolver(gpus: int | None = None):
         rpc_layer="grpc")
 
 
-def make_strategy(name: str = "auto", gpus: int | None = None) -> tf.distribute.Strategy:
-    """A strategy by name: auto, one, mirrored, multiworker or tpu; ``gpus``: use the first
-    this many visible GPUs (of each worker), as StyleGAN2-ADA's ``--gpus``.
+def strategy_name(name: str = "auto", gpus: int | None = None) -> str:
+    """What ``auto`` means here: multiworker when TF_CONFIG names several workers or this
+    process is one of several tasks of a Slurm job step (`srun`), tpu when a TPU is configured
+    (TPU_NAME / COLAB_TPU_ADDR), mirrored with several GPUs (or ``gpus`` > 1), else one.
+    Other names are returned as they are."""
+    if name != "auto":
+        return name
+    if _tf_config_workers() > 1 or _slurm_tasks() > 1:
+        return "multiworker"
+    if _tpu_configured():
+        return "tpu"
+    return "mirrored" if len(_chosen_gpus(gpus)) > 1 else "one"
 
-    ``auto`` picks MultiWorkerMirrored when TF_CONFIG names several workers or this process
-    is one of several tasks of a Slurm job step (`srun`), TPU when a TPU is configured
-    (TPU_NAME / COLAB_TPU_ADDR), Mirrored when there are several GPUs (or ``gpus`` > 1), and
-    otherwise one device. Under Slurm no TF_CONFIG is needed: `slurm_resolver`.
+
+def make_strategy(name: str = "auto", gpus: int | None = None) -> tf.distribute.Strategy:
+    """A strategy by name: auto (`strategy_name`), one, mirrored, multiworker or tpu;
+    ``gpus``: use the first this many visible GPUs (of each worker), as StyleGAN2-ADA's
+    ``--gpus``. Under Slurm no TF_CONFIG is needed: `slurm_resolver`.
     """
-    if name == "auto":
-        if _tf_config_workers() > 1 or _slurm_tasks() > 1:
-            name = "multiworker"
-        elif _tpu_configured():
-            name = "tpu"
-        elif len(_chosen_gpus(gpus)) > 1:
-            name = "mirrored"
-        else:
-            name = "one"
+    name = strategy_name(name, gpus)
     if name == "one":
         if gpus is not None and gpus > 1:
             raise DistributeError(f"--gpus {gpus} --strategy one: one device; use --strategy "
@@ -187,6 +189,11 @@ def _multiworker_resolver(strategy):
     if resolver is None or resolver.task_type is None:
         return None
     return resolver
+
+
+def is_multiworker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether the strategy spans several processes."""
+    return _multiworker_resolver(strategy) is not None
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -229,7 +236,11 @@ PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
 def lost_worker(error: Exception, strategy: tf.distribute.Strategy) -> str | None:
     """Which worker ``error`` says was lost and how (e.g. ``worker 1 (10.0.0.2:20000) stopped
     sending heartbeats``), or None when it is not a lost peer of a multi-worker strategy."""
-    resolver = _multiworker_resolver(strategy)
+    return lost_peer(error, _multiworker_resolver(strategy))
+
+
+def lost_peer(error: Exception, resolver) -> str | None:
+    """`lost_worker` for this process's cluster ``resolver`` (None: not a cluster)."""
     text = str(getattr(error, "message", error))
     if resolver is None or not (isinstance(error, PEER_FAILURES) or "Collective ops is aborted" in text):
         return None

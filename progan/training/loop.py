@@ -259,8 +259,10 @@ class Trainer:
             if last_snapshot != images_seen:
                 self.snapshot()
             if self._stopping:
+                again = ("launch the same job again (every worker)"
+                         if distribute.is_multiworker(self.strategy) else f"progan resume {self.run_dir}")
                 self.reporter.log(f"stopped at kimg {images_seen / 1000:.1f} on request; "
-                                  f"continue with: progan resume {self.run_dir}")
+                                  f"continue with: {again}")
             else:
                 self.reporter.log(f"done: kimg {images_seen / 1000:.1f}")
             return {**stats, "stopped": self._stopping, "images_seen": images_seen}
