@@ -97,3 +97,38 @@ def test_a_collective_failure_names_the_lost_worker():
     assert distribute.lost_peer(leader, resolver(2)).startswith("worker 0 (10.0.0.1:2000) ")
     assert distribute.lost_peer(tf.errors.ResourceExhaustedError(None, None, "OOM"), resolver(0)) is None
     assert distribute.lost_peer(killed, None) is None  # one process: not a lost worker
+
+
+def test_the_kubernetes_manifest_builds_the_tf_config_of_each_worker():
+    """docs/kubernetes/progan-job.yaml (shown in docs/cluster.md): its shell snippet gives pod
+    i the TF_CONFIG the two-process tests give worker i (tests/test_cluster.py), naming the
+    pods by the headless Service; and every pod runs the same `progan train`."""
+    import json
+    import subprocess
+
+    import yaml
+    from conftest import REPO
+
+    manifest_path = REPO / "docs" / "kubernetes" / "progan-job.yaml"
+    text = manifest_path.read_text()
+    assert text.strip() in (REPO / "docs" / "cluster.md").read_text()
+    service, job = yaml.safe_load_all(text)
+    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+    assert job["kind"] == "Job" and job["spec"]["completionMode"] == "Indexed"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"]
+    container = pod["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert int(env["WORKERS"]) == job["spec"]["completions"] == job["spec"]["parallelism"]
+    assert int(env["PORT"]) == service["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"]
+    script = container["args"][0]
+    launch = script.strip().splitlines()[-1]
+    assert launch.startswith("exec progan train ") and "--out /shared/" in launch
+    name = job["metadata"]["name"]
+    for index in range(int(env["WORKERS"])):
+        printed = subprocess.run(["sh", "-c", script.replace(launch, 'printf "%s" "$TF_CONFIG"')],
+                                 env={**env, "JOB_COMPLETION_INDEX": str(index), "PATH": "/usr/bin:/bin"},
+                                 capture_output=True, text=True, check=True).stdout
+        assert json.loads(printed) == {
+            "cluster": {"worker": [f"{name}-{i}.{pod['subdomain']}:{env['PORT']}" for i in range(2)]},
+            "task": {"type": "worker", "index": index}}
