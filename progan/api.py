@@ -105,8 +105,17 @@ def _callbacks(run_dir: Path, config) -> list:
 # -- training ----------------------------------------------------------------------------------
 
 
+def _strategy(config, gpus: int | None):
+    """The strategy of ``config`` on the first ``gpus`` GPUs (None: the trainer's default)."""
+    if gpus is None:
+        return None
+    from progan.training import distribute
+
+    return distribute.make_strategy(config.training.strategy, gpus)
+
+
 def train(data=None, out=None, config=None, conditional: bool = False,
-          settings: dict | None = None, log=print, **overrides) -> dict:
+          settings: dict | None = None, log=print, gpus: int | None = None, **overrides) -> dict:
     """Train progressively; returns the last tick's statistics (``stopped``: on request).
 
     Without ``data``: the built-in demo, the synthetic face set built once into
@@ -120,6 +129,7 @@ def train(data=None, out=None, config=None, conditional: bool = False,
         config: a preset name (``demo``, ``celeba64``, ``paper``), a JSON file or a `Config`.
         conditional: condition both networks on the data set's labels.
         settings: dotted settings, e.g. ``{"optimizer.d_lr": 0.003}``.
+        gpus: train on the first this many visible GPUs (of each worker); default: all.
         **overrides: the command's override flags as keywords (`SETTINGS`, and ``lr``).
     """
     from progan.training import trainer
@@ -140,10 +150,12 @@ def train(data=None, out=None, config=None, conditional: bool = False,
     data, out = Path(data), Path(out)
     if conditional:
         config = trainer.conditional_config(config, data)
-    return trainer.train(config, data, out, callbacks=_callbacks(out, config))
+    return trainer.train(config, data, out, strategy=_strategy(config, gpus),
+                         callbacks=_callbacks(out, config))
 
 
-def resume(run, data=None, allow_different_data: bool = False, total_kimg: float | None = None) -> dict:
+def resume(run, data=None, allow_different_data: bool = False, total_kimg: float | None = None,
+           gpus: int | None = None) -> dict:
     """Continue a run from its newest readable snapshot.
 
     Args:
@@ -151,13 +163,15 @@ def resume(run, data=None, allow_different_data: bool = False, total_kimg: float
         data: where the run's data set is now, if it moved (checked by fingerprint).
         allow_different_data: continue on a ``data`` set with another fingerprint.
         total_kimg: extend (or shorten) the run to this many kimg; recorded in config.json.
+        gpus: train on the first this many visible GPUs (of each worker); default: all.
     """
     from progan.run import RunDir
     from progan.training import trainer
 
     run = Path(run)
+    config = RunDir(run).read().config
     return trainer.resume(run, None if data is None else Path(data), allow_different_data,
-                          callbacks=_callbacks(run, RunDir(run).read().config),
+                          strategy=_strategy(config, gpus), callbacks=_callbacks(run, config),
                           total_kimg=total_kimg)
 
 

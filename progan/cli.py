@@ -115,8 +115,14 @@ def _add_train(subparsers):
     parser.add_argument("--conditional", action="store_true",
                         help="condition both networks on the data set's labels (e.g. CelebA's 40 "
                              "attributes; sets model.label_size and label_kind from the data)")
+    _add_gpus(parser)
     _add_overrides(parser, "demo without --data, celeba64 (the thesis) with --data")
     parser.set_defaults(run=_run_train)
+
+
+def _add_gpus(parser):
+    parser.add_argument("--gpus", type=int, default=None,
+                        help="train on the first N visible GPUs (of each worker; default: all)")
 
 
 def _run_train(args, parser):
@@ -125,7 +131,8 @@ def _run_train(args, parser):
     out = args.out
     if args.data is not None and out is None:
         parser.error("--out is required with --data")
-    result = api.train(args.data, out, args.config, args.conditional, **_overrides(args))
+    result = api.train(args.data, out, args.config, args.conditional, gpus=args.gpus,
+                       **_overrides(args))
     _print_result(result, out or api.DEFAULT_RUN)
 
 
@@ -146,13 +153,15 @@ def _add_resume(subparsers):
     parser.add_argument("--total-kimg", type=float, default=None,
                         help="train the run to this many kimg (e.g. to extend a finished run); "
                              "recorded in its config.json (default: the run's own)")
+    _add_gpus(parser)
     parser.set_defaults(run=_run_resume)
 
 
 def _run_resume(args, parser):
     from progan import api
 
-    result = api.resume(args.run_dir, args.data, args.allow_different_data, args.total_kimg)
+    result = api.resume(args.run_dir, args.data, args.allow_different_data, args.total_kimg,
+                        args.gpus)
     _print_result(result, args.run_dir)
 
 
@@ -222,6 +231,37 @@ def _run_bench(args, parser):
               "2 x (D forward + D input-gradient))")
 
 
+def _add_plan(subparsers):
+    parser = subparsers.add_parser(
+        "plan", help="a run on paper: images, FLOPs, snapshot sizes, disk and projected hours "
+                     "per stage")
+    parser.add_argument("--config", default="celeba64",
+                        help="preset name or JSON file (default celeba64)")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs sharing the run (default 1)")
+    parser.add_argument("--utilisation", type=float, default=None,
+                        help="fraction of the GPUs' peak FLOP/s reached (default 0.3; "
+                             "`progan bench` measures it)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.set_defaults(run=_run_plan)
+
+
+def _run_plan(args, parser):
+    import dataclasses
+
+    from progan.config import load_config
+    from progan.training.plan import UTILISATION, format_plan, make_plan
+
+    utilisation = UTILISATION if args.utilisation is None else args.utilisation
+    if args.gpus < 1 or not 0 < utilisation <= 1:
+        parser.error("--gpus: expected a positive number; --utilisation: a fraction in (0, 1]")
+    plan = make_plan(load_config(args.config), args.gpus, utilisation)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(plan), "kimg": plan.kimg, "flops": plan.flops,
+                          "disk_bytes": plan.disk_bytes}, indent=2))
+    else:
+        print("\n".join(format_plan(plan)))
+
+
 def _add_config(subparsers):
     parser = subparsers.add_parser(
         "config", help="print a preset (or a config file) as JSON, or the settings reference")
@@ -253,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add in (_add_train, _add_resume, _add_finetune, evaluation_cli.add_evaluate,
                 evaluation_cli.add_generate, evaluation_cli.add_interpolate,
-                evaluation_cli.add_export, _add_bench, _add_summary, _add_config):
+                evaluation_cli.add_export, _add_bench, _add_plan, _add_summary, _add_config):
         add(subparsers)
     return parser
 

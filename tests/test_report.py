@@ -60,7 +60,7 @@ def test_a_run_with_one_resume_tells_what_it_is_where_it_is_and_when_it_ends(tmp
     assert [s["tick"] for s in stats] == list(range(len(stats))) and len(stats) >= 3
     for record in stats:
         assert {"elapsed_sec", "eta_sec", "total_kimg", "compile_sec", "maintenance_sec",
-                "sec_per_kimg"} <= record.keys()
+                "sec_per_kimg", "host_memory_gib", "gpu_memory_gib"} <= record.keys()
         assert record["total_kimg"] == 0.3 and record["eta_sec"] >= 0
     assert stats[-1]["elapsed_sec"] > stats[0]["elapsed_sec"]  # continues across the resume
     assert stats[-1]["eta_sec"] == 0.0  # nothing left
@@ -126,3 +126,20 @@ def test_a_run_cut_short_before_its_top_resolution_says_so_at_start():
     short = Schedule.of(config.replace(**{"schedule.total_kimg": 0.3}))
     (line,) = _short_schedule_lines(short)
     assert "ends at 8x8 while it fades in" in line and "full schedule is 0.6 kimg" in line
+
+
+def test_the_tick_line_reports_host_and_gpu_memory_apart():
+    from progan.training.report import memory_gib
+
+    memory = memory_gib()  # this machine has no GPU
+    assert memory["host_memory_gib"] > 0 and memory["gpu_memory_gib"] is None
+    assert memory["memory_gib"] == memory["host_memory_gib"]
+    stats = {"tick": 3, "kimg": 1.0, "total_kimg": 2, "resolution": 8, "phase": "stable",
+             "loss_d": 0.0, "loss_g": 0.0, "penalty": 0.0, "sec_per_kimg": 1.0,
+             "images_per_sec": 1.0, "compile_sec": 0.0, "maintenance_sec": 0.0, "elapsed_sec": 1,
+             "eta_sec": 1, "skipped_steps": 0}
+    assert "mem host 0.91GiB gpu 3.20GiB skipped" in format_tick(
+        {**stats, "memory_gib": 3.2, "host_memory_gib": 0.91, "gpu_memory_gib": 3.2})
+    assert "mem host 0.91GiB skipped" in format_tick(
+        {**stats, "memory_gib": 0.91, "host_memory_gib": 0.91, "gpu_memory_gib": None})
+    assert "mem 0.86GiB skipped" in format_tick({**stats, "memory_gib": 0.86})  # an older record

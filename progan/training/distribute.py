@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from progan.backend import tf
 from progan.errors import ProganError
-
 
 
 class DistributeError(ProganError, RuntimeError):
@@ -30,37 +30,150 @@ def _tf_config_workers() -> int:
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
+def _slurm_tasks() -> int:
+    """The number of tasks of the Slurm job step this process is one of (0 outside `srun`)."""
+    if "SLURM_PROCID" not in os.environ:
+        return 0
+    try:
+        return int(os.environ.get("SLURM_STEP_NUM_TASKS", "0"))
+    except ValueError:
+        raise DistributeError(f"SLURM_STEP_NUM_TASKS={os.environ['SLURM_STEP_NUM_TASKS']!r}: "
+                              "not a number") from None
+
+
 def _tpu_configured() -> bool:
     return bool(os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR"))
 
 
-def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
-    """A strategy by name: auto, one, mirrored, multiworker or tpu.
+def _accelerators() -> list:
+    """This process's logical GPUs (one function, so that tests can stand in for them)."""
+    return tf.config.list_logical_devices("GPU")
 
-    ``auto`` picks MultiWorkerMirrored when TF_CONFIG names several workers, TPU when a TPU
-    is configured (TPU_NAME / COLAB_TPU_ADDR), Mirrored when there are several GPUs, and
-    otherwise one device.
+
+def _too_few_gpus(gpus: int, found: int, where: str = "here") -> DistributeError:
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f" (CUDA_VISIBLE_DEVICES={hidden})" if hidden is not None else ""
+    advice = f"use --gpus {found}" if found else "leave out --gpus to train on the CPU"
+    if gpus < 1:
+        return DistributeError(f"--gpus {gpus}: expected a positive number")
+    return DistributeError(f"--gpus {gpus}: only {found} GPU(s) visible {where}{seen}; {advice}")
+
+
+def _chosen_gpus(gpus: int | None) -> list[str]:
+    """The names of the first ``gpus`` visible GPUs (all of them when None)."""
+    found = [device.name for device in _accelerators()]
+    if gpus is not None and not 1 <= gpus <= len(found):
+        raise _too_few_gpus(gpus, len(found))
+    return found if gpus is None else found[:gpus]
+
+
+def _limit_physical_gpus(gpus: int | None) -> None:
+    """Make only the first ``gpus`` physical GPUs visible to TensorFlow (before it starts)."""
+    physical = tf.config.list_physical_devices("GPU")
+    if gpus is None:
+        return
+    if not 1 <= gpus <= len(physical):
+        raise _too_few_gpus(gpus, len(physical))
+    if gpus < len(physical):
+        tf.config.set_visible_devices(physical[:gpus], "GPU")
+
+
+# TensorFlow's Slurm resolver puts task i of a node on port base + i. Jobs sharing a node must
+# not collide, so the default base depends on the job id (and a requeued job, whose id is the
+# same, gets the same ports); PROGAN_SLURM_PORT_BASE sets it.
+SLURM_PORT_RANGE = (20000, 60000, 16)  # first port, end, ports per job (tasks per node)
+
+
+def slurm_port_base() -> int:
+    """The first port of this Slurm job's tasks on each node."""
+    if os.environ.get("PROGAN_SLURM_PORT_BASE"):
+        try:
+            return int(os.environ["PROGAN_SLURM_PORT_BASE"])
+        except ValueError:
+            raise DistributeError(f"PROGAN_SLURM_PORT_BASE={os.environ['PROGAN_SLURM_PORT_BASE']!r}: "
+                                  "expected a port number") from None
+    first, end, width = SLURM_PORT_RANGE
+    job = int(os.environ.get("SLURM_JOB_ID", "0") or 0)
+    return first + job % ((end - first) // width) * width
+
+
+def slurm_resolver(gpus: int | None = None):
+    """The cluster of this Slurm job step, as TensorFlow's `SlurmClusterResolver` reads it
+    (hosts from SLURM_STEP_NODELIST, tasks per node, this task's rank from SLURM_PROCID),
+    with this task's GPUs: those Slurm bound to it, or its share of its node's GPUs when the
+    tasks of a node all see them all (``gpus``: use only the first this many).
+
+    TensorFlow's resolver also hands out GPUs itself, but cannot give a task none (a CPU-only
+    step), so progan takes the cluster from it and chooses the GPUs here."""
+    try:
+        slurm = tf.distribute.cluster_resolver.SlurmClusterResolver(
+            port_base=slurm_port_base(), gpus_per_node=1024, gpus_per_task=1, auto_set_gpu=False)
+        cluster = slurm.cluster_spec()
+    except (RuntimeError, ValueError) as error:
+        raise DistributeError(f"Slurm: {error}") from None
+    task_type, task_id = slurm.task_type, slurm.task_id
+    addresses = cluster.job_tasks(task_type)
+    host = addresses[task_id].rpartition(":")[0]
+    on_this_node = [index for index, address in enumerate(addresses)
+                    if address.rpartition(":")[0] == host]
+    physical = tf.config.list_physical_devices("GPU")
+    mine = physical
+    if len(on_this_node) > 1 and len(physical) >= len(on_this_node) and \
+            "SLURM_GPUS_PER_TASK" not in os.environ:  # every task sees the node's GPUs: share
+        share = len(physical) // len(on_this_node)
+        local = on_this_node.index(task_id)
+        mine = physical[local * share:(local + 1) * share]
+    if gpus is not None:
+        if not 1 <= gpus <= len(mine):
+            raise _too_few_gpus(gpus, len(mine), f"to Slurm task {task_id}")
+        mine = mine[:gpus]
+    if len(mine) < len(physical):
+        tf.config.set_visible_devices(mine, "GPU")
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        cluster, task_type=task_type, task_id=task_id, num_accelerators={"GPU": len(mine)},
+        rpc_layer="grpc")
+
+
+def strategy_name(name: str = "auto", gpus: int | None = None) -> str:
+    """What ``auto`` means here: multiworker when TF_CONFIG names several workers or this
+    process is one of several tasks of a Slurm job step (`srun`), tpu when a TPU is configured
+    (TPU_NAME / COLAB_TPU_ADDR), mirrored with several GPUs (or ``gpus`` > 1), else one.
+    Other names are returned as they are."""
+    if name != "auto":
+        return name
+    if _tf_config_workers() > 1 or _slurm_tasks() > 1:
+        return "multiworker"
+    if _tpu_configured():
+        return "tpu"
+    return "mirrored" if len(_chosen_gpus(gpus)) > 1 else "one"
+
+
+def make_strategy(name: str = "auto", gpus: int | None = None) -> tf.distribute.Strategy:
+    """A strategy by name: auto (`strategy_name`), one, mirrored, multiworker or tpu;
+    ``gpus``: use the first this many visible GPUs (of each worker), as StyleGAN2-ADA's
+    ``--gpus``. Under Slurm no TF_CONFIG is needed: `slurm_resolver`.
     """
-    if name == "auto":
-        if _tf_config_workers() > 1:
-            name = "multiworker"
-        elif _tpu_configured():
-            name = "tpu"
-        elif len(tf.config.list_logical_devices("GPU")) > 1:
-            name = "mirrored"
-        else:
-            name = "one"
+    name = strategy_name(name, gpus)
     if name == "one":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.OneDeviceStrategy(devices[0].name)
+        if gpus is not None and gpus > 1:
+            raise DistributeError(f"--gpus {gpus} --strategy one: one device; use --strategy "
+                                  "mirrored (or auto)")
+        devices = _chosen_gpus(gpus) or [tf.config.list_logical_devices("CPU")[0].name]
+        return tf.distribute.OneDeviceStrategy(devices[0])
     if name == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([device.name for device in devices])
+        devices = _chosen_gpus(gpus) or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
     if name == "multiworker":
-        if _tf_config_workers() < 1:
-            raise DistributeError("--strategy multiworker: TF_CONFIG names no workers")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if _tf_config_workers() >= 1:
+            _limit_physical_gpus(gpus)
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        if _slurm_tasks() >= 1:
+            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=slurm_resolver(gpus))
+        raise DistributeError("--strategy multiworker: neither TF_CONFIG nor a Slurm job step "
+                              "(srun) names the workers")
     if name == "tpu":
+        if gpus is not None:
+            raise DistributeError(f"--gpus {gpus}: not with --strategy tpu")
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(os.environ.get("TPU_NAME", ""))
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
@@ -68,16 +181,91 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     raise DistributeError(f"--strategy {name}: expected auto, one, mirrored, multiworker or tpu")
 
 
+def _multiworker_resolver(strategy):
+    """The cluster resolver of a strategy spanning several processes, else None."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return None
+    return resolver
+
+
+def is_multiworker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether the strategy spans several processes."""
+    return _multiworker_resolver(strategy) is not None
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes files (the single worker, or the chief of a cluster)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    resolver = _multiworker_resolver(strategy)
+    if resolver is None:
         return True
     task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type in (None, "chief"):
+    if task_type == "chief":
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def stop_agreement(strategy: tf.distribute.Strategy):
+    """``agree(stop) -> bool``: whether any worker asks to stop. Every worker must call it at
+    the same points (between compiled calls), so that all stop after the same iteration even
+    when the cluster signalled only some of them. One process: ``stop`` itself.
+
+    The reduction carries no timeout: workers wait here while the chief writes snapshots and
+    evaluates metrics, however long that takes."""
+    if _multiworker_resolver(strategy) is None:
+        return bool
+
+    @tf.function
+    def any_stop(stop):
+        requests = strategy.run(lambda: tf.identity(stop))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, requests, axis=None) > 0
+
+    return lambda stop: bool(any_stop(tf.constant(float(stop))).numpy())
+
+
+# The failures a collective reports when a peer is gone: killed (connection reset), hung or
+# cut off (no heartbeats: TensorFlow's coordination service declares it unhealthy after ten
+# seconds), or a collective that timed out.
+PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                 tf.errors.AbortedError, tf.errors.CancelledError)
+
+
+def lost_worker(error: Exception, strategy: tf.distribute.Strategy) -> str | None:
+    """Which worker ``error`` says was lost and how (e.g. ``worker 1 (10.0.0.2:20000) stopped
+    sending heartbeats``), or None when it is not a lost peer of a multi-worker strategy."""
+    return lost_peer(error, _multiworker_resolver(strategy))
+
+
+def lost_peer(error: Exception, resolver) -> str | None:
+    """`lost_worker` for this process's cluster ``resolver`` (None: not a cluster)."""
+    text = str(getattr(error, "message", error))
+    if resolver is None or not (isinstance(error, PEER_FAILURES) or "Collective ops is aborted" in text):
+        return None
+    cluster = resolver.cluster_spec().as_dict()
+    me = (resolver.task_type, resolver.task_id)
+    named = text.split("unhealthy", 1)[-1]  # the coordination service lists the lost after this
+    found = [(job, int(task)) for job, task in re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)", named)
+             if job in cluster and (job, int(task)) != me]
+    if not found and "CoordinationService" in text:  # its leader (the chief, or worker 0) is gone
+        leader = ("chief", 0) if "chief" in cluster else ("worker", 0)
+        found = [leader] if leader != me else []
+    if "heartbeat" in text.lower():
+        how = "stopped sending heartbeats (hung, killed or cut off)"
+    elif "connection reset" in text.lower() or "connection refused" in text.lower():
+        how = "closed its connections (the process ended)"
+    elif isinstance(error, tf.errors.DeadlineExceededError):
+        how = "did not answer in time"
+    else:
+        how = "failed"
+    if not found:
+        return f"another worker {how}"
+    job, task = found[0]
+    tasks = cluster[job]
+    address = (tasks[task] if isinstance(tasks, list) else tasks.get(task)) if task < len(tasks) else None
+    return f"{job} {task}" + (f" ({address})" if address else "") + f" {how}"
 
 
 def check_global_batch(strategy: tf.distribute.Strategy, global_batch: int, group_size: int) -> None:

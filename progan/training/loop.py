@@ -36,6 +36,10 @@ class TrainingError(RunError):
     """A run cannot start or continue; the message says why and what to do."""
 
 
+class WorkerLostError(TrainingError):
+    """Another worker of a multi-worker job was lost; relaunching the job resumes it."""
+
+
 def fakes_name(images_seen: int) -> str:
     """``fakes-<images seen, 12 digits>.png``: the number of the snapshot folders it belongs
     to (``snapshot-`` / ``network-`` the same digits), so names sort by time."""
@@ -95,7 +99,9 @@ class Trainer:
         self.timer = TickTimer(self.schedule)
         self.callbacks = list(callbacks)
         self._steps: dict = {}
-        self._stop_requested = False
+        self._stop_requested = False  # asked of this process (a signal, `request_stop`)
+        self._stopping = False  # agreed by every worker: see `distribute.stop_agreement`
+        self._agree_stop = distribute.stop_agreement(self.strategy)
 
     def _load_labels(self):
         """A conditional run's training labels: from the data set, checked against the
@@ -182,7 +188,7 @@ class Trainer:
         one is tried. With ``images_seen`` (fine-tuning): exactly that snapshot, or an error.
         """
         run = run or self.run
-        for path in run.remove_stale_temporaries():
+        for path in run.remove_stale_temporaries() if self.chief else ():
             self.reporter.warn(f"removed {path}, a snapshot left unfinished by a killed process")
         snapshots = run.snapshots("full")
         if images_seen is not None:
@@ -237,16 +243,30 @@ class Trainer:
                 f"{type(self.strategy).__name__}; fakes*.png show seeds "
                 f"{format_seeds(self.grid_seeds)} of the EMA generator")
             # Loop: stage by stage; ticks, snapshots and metrics fall on their kimg.
-            stats, images_seen, last_snapshot = self._loop(training, images_seen)
+            try:
+                stats, images_seen, last_snapshot = self._loop(training, images_seen)
+            except tf.errors.OpError as error:
+                lost = distribute.lost_worker(error, self.strategy)
+                if lost is None:
+                    raise
+                newest = self.run.snapshots("full")
+                at = f" at kimg {newest[-1].images_seen / 1000:g}" if newest else ""
+                message = (f"{lost}; this worker stops too, and the run keeps its newest "
+                           f"snapshot{at}: launch the same job again (every worker) to resume "
+                           "from it")
+                self.reporter.log(message)
+                raise WorkerLostError(message) from None
             # Done (or stopped): the last state is always a snapshot.
             if last_snapshot != images_seen:
                 self.snapshot()
-            if self._stop_requested:
+            if self._stopping:
+                again = ("launch the same job again (every worker)"
+                         if distribute.is_multiworker(self.strategy) else f"progan resume {self.run_dir}")
                 self.reporter.log(f"stopped at kimg {images_seen / 1000:.1f} on request; "
-                                  f"continue with: progan resume {self.run_dir}")
+                                  f"continue with: {again}")
             else:
                 self.reporter.log(f"done: kimg {images_seen / 1000:.1f}")
-            return {**stats, "stopped": self._stop_requested, "images_seen": images_seen}
+            return {**stats, "stopped": self._stopping, "images_seen": images_seen}
         finally:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
@@ -260,11 +280,11 @@ class Trainer:
         tick, clock = self.next_tick, TickClock(images_seen)
         last_snapshot, stats, rollbacks = images_seen, {}, {}
         steps_per_call = training.steps_per_call
-        while not self.schedule.is_finished(images_seen) and not self._stop_requested:
+        while not self.schedule.is_finished(images_seen) and not self._stopping:
             stage, step, iterator = self.enter(images_seen)
             stage_end = min(stage.end_images, self.schedule.total_images)
             first_call = True  # traces the stage's graph: compile time, not training time
-            while images_seen < stage_end and not self._stop_requested:
+            while images_seen < stage_end and not self._stop_agreed():
                 horizon = min(stage_end, clock.start_images + tick_images, last_snapshot + snapshot_images)
                 steps = max(1, min(steps_per_call, math.ceil((horizon - images_seen) / stage.batch_size)))
                 call_start = time.time()
@@ -293,6 +313,12 @@ class Trainer:
                     clock.maintenance += time.time() - maintenance_start
                     last_snapshot = images_seen
         return stats, images_seen, last_snapshot
+
+    def _stop_agreed(self) -> bool:
+        """Whether to stop before the next compiled call: asked of any worker (the cluster may
+        signal only some), agreed by all, so that every worker stops after the same iteration."""
+        self._stopping = self._agree_stop(self._stop_requested)
+        return self._stopping
 
     def _roll_back(self, rollbacks: dict) -> int:
         latest = self.run.snapshots("full")[-1].images_seen

@@ -21,17 +21,21 @@ from progan.schedule import Schedule
 from progan.system import duration
 
 
-def memory_gib() -> float:
-    """Peak resident memory of this process (and the GPU's peak when there is one), GiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+def memory_gib() -> dict:
+    """Peak memory in GiB: ``host_memory_gib`` (resident, this process), ``gpu_memory_gib``
+    (the largest peak of this process's GPUs, None without one) and ``memory_gib`` (the
+    larger of the two, the field older runs have)."""
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    gpu = None
     try:
         import tensorflow as tf
 
-        if tf.config.list_logical_devices("GPU"):
-            peak = max(peak, tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 30)
+        for device in tf.config.list_logical_devices("GPU"):
+            peak = tf.config.experimental.get_memory_info(device.name)["peak"] / 2 ** 30
+            gpu = peak if gpu is None else max(gpu, peak)
     except (ValueError, RuntimeError):
         pass
-    return peak
+    return {"memory_gib": max(host, gpu or 0.0), "host_memory_gib": host, "gpu_memory_gib": gpu}
 
 
 @dataclasses.dataclass
@@ -77,7 +81,7 @@ class TickTimer:
                 "images_per_sec": (images_seen - clock.start_images) / elapsed,
                 "compile_sec": clock.compile, "maintenance_sec": clock.maintenance,
                 "elapsed_sec": elapsed_total, "elapsed_hours": elapsed_total / 3600,
-                "eta_sec": eta, "eta_hours": eta / 3600, "memory_gib": memory_gib()}
+                "eta_sec": eta, "eta_hours": eta / 3600, **memory_gib()}
 
     def first_estimate(self, clock: TickClock, stage, stats: dict) -> str | None:
         """The log line of the first estimate of the time left (once per session)."""
@@ -166,8 +170,8 @@ class Reporter:
             return
         self.log(format_tick(stats))
         self.run.append_stats(stats)
-        self.scalars({tag: stats[key] for tag, key in TENSORBOARD_TAGS.items() if key in stats},
-                     stats["images_seen"])
+        self.scalars({tag: stats[key] for tag, key in TENSORBOARD_TAGS.items()
+                      if stats.get(key) is not None}, stats["images_seen"])
 
     def scalars(self, values: dict, images_seen: int) -> None:
         """TensorBoard scalars (``{"Group/name": value}``) at the step ``images_seen``."""
@@ -226,6 +230,8 @@ TENSORBOARD_TAGS = {
     "Timing/sec_per_tick": "sec_per_tick", "Timing/compile_sec": "compile_sec",
     "Timing/maintenance_sec": "maintenance_sec", "Timing/elapsed_hours": "elapsed_hours",
     "Timing/eta_hours": "eta_hours", "Resources/peak_memory_gib": "memory_gib",
+    "Resources/peak_host_memory_gib": "host_memory_gib",
+    "Resources/peak_gpu_memory_gib": "gpu_memory_gib",
 }
 
 
@@ -241,7 +247,16 @@ def format_tick(stats: dict) -> str:
             f"sec/kimg {stats['sec_per_kimg']:.2f} img/s {stats['images_per_sec']:.1f} "
             f"compile {stats['compile_sec']:.1f}s maint {stats['maintenance_sec']:.1f}s  "
             f"elapsed {duration(stats['elapsed_sec'])} ETA {duration(stats['eta_sec'])}  "
-            f"mem {stats['memory_gib']:.2f}GiB skipped {stats['skipped_steps']}")
+            f"{format_memory(stats)} skipped {stats['skipped_steps']}")
+
+
+def format_memory(stats: dict) -> str:
+    """``mem host 0.91GiB gpu 3.20GiB`` (no gpu part without one; ``mem 0.91GiB`` for a
+    record written before the two were apart)."""
+    if stats.get("host_memory_gib") is None:
+        return f"mem {stats['memory_gib']:.2f}GiB"
+    gpu = stats.get("gpu_memory_gib")
+    return f"mem host {stats['host_memory_gib']:.2f}GiB" + (f" gpu {gpu:.2f}GiB" if gpu is not None else "")
 
 
 def plot_curves(run, stages) -> Path | None:
