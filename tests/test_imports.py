@@ -133,3 +133,18 @@ def test_the_package_and_help_load_no_tensorflow():
     version = subprocess.run([sys.executable, "-m", "progan", "--version"], capture_output=True,
                              text=True, cwd=REPO)
     assert version.stdout.strip() == f"progan {__import__('progan').__version__}"
+
+
+def test_the_map_names_every_module_and_its_floor():
+    """docs/architecture.md lists every module of the package (by dotted name, or the last
+    part of it after its package's name), and every module is on one of FLOORS."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    missing = []
+    for name in import_graph():
+        floor_of(name)
+        short = name.rsplit(".", 1)[-1]
+        parent = name.rsplit(".", 1)[0]
+        if name in text or f"`{parent}.{short}`" in text or f"`.{short}`" in text:
+            continue
+        missing.append(name)
+    assert missing == [], f"docs/architecture.md does not name {missing}"
