@@ -35,9 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-# pro-gan-pth 3.4 at the demo widths and schedule, 4 seeds, same data and SWD.
-PEER = {"20@8": (160.4, 2.0), "40@8": (58.0, 6.7), "60@8": (32.6, 2.1), "60@16": (24.9, 1.7)}
-PEER_LABEL = "pro-gan-pth 3.4 (4 seeds)"
+# pro-gan-pth 3.4 at the demo widths and schedule, same data and SWD: 4 seeds to kimg 60,
+# 2 seeds (0 and 4) trained to kimg 140 for the later phase ends.
+PEER = {"20@8": (160.4, 2.0), "40@8": (58.0, 6.7), "60@8": (32.6, 2.1), "60@16": (24.9, 1.7),
+        "80@16": (30.7, 0.4), "100@32": (29.2, 1.3), "120@32": (37.5, 1.1), "140@32": (23.4, 2.5)}
+PEER_LABEL = "pro-gan-pth 3.4 (4 seeds to kimg 60, 2 to 140)"
 
 
 def parse_args(argv=None):
