@@ -143,7 +143,8 @@ def train(data=None, out=None, config=None, conditional: bool = False,
     return trainer.train(config, data, out, callbacks=_callbacks(out, config))
 
 
-def resume(run, data=None, allow_different_data: bool = False, total_kimg: float | None = None) -> dict:
+def resume(run, data=None, allow_different_data: bool = False, total_kimg: float | None = None,
+           restart: bool = False) -> dict:
     """Continue a run from its newest readable snapshot.
 
     Args:
@@ -151,6 +152,8 @@ def resume(run, data=None, allow_different_data: bool = False, total_kimg: float
         data: where the run's data set is now, if it moved (checked by fingerprint).
         allow_different_data: continue on a ``data`` set with another fingerprint.
         total_kimg: extend (or shorten) the run to this many kimg; recorded in config.json.
+        restart: start a run that has no readable full snapshot again from kimg 0 (what its
+            earlier start wrote is moved into a restart-* folder); never needed otherwise.
     """
     from progan.run import RunDir
     from progan.training import trainer
@@ -158,7 +161,7 @@ def resume(run, data=None, allow_different_data: bool = False, total_kimg: float
     run = Path(run)
     return trainer.resume(run, None if data is None else Path(data), allow_different_data,
                           callbacks=_callbacks(run, RunDir(run).read().config),
-                          total_kimg=total_kimg)
+                          total_kimg=total_kimg, restart=restart)
 
 
 def finetune(run, out, kimg: float, snapshot: str = "latest", lr_scale: float = 0.8,

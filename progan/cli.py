@@ -146,13 +146,18 @@ def _add_resume(subparsers):
     parser.add_argument("--total-kimg", type=float, default=None,
                         help="train the run to this many kimg (e.g. to extend a finished run); "
                              "recorded in its config.json (default: the run's own)")
+    parser.add_argument("--restart", action="store_true",
+                        help="start a run that has no readable full snapshot (all damaged) again "
+                             "from kimg 0, moving its earlier ticks, images and network snapshots "
+                             "into a restart-* folder (default: refuse)")
     parser.set_defaults(run=_run_resume)
 
 
 def _run_resume(args, parser):
     from progan import api
 
-    result = api.resume(args.run_dir, args.data, args.allow_different_data, args.total_kimg)
+    result = api.resume(args.run_dir, args.data, args.allow_different_data, args.total_kimg,
+                        args.restart)
     _print_result(result, args.run_dir)
 
 

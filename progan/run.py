@@ -337,6 +337,49 @@ class RunDir:
         os.replace(snapshot.path, target)
         return target
 
+    def damaged(self) -> list[Path]:
+        """Snapshot folders set aside as ``damaged-*``."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(path for path in self.checkpoints.iterdir()
+                      if path.is_dir() and path.name.startswith("damaged-"))
+
+    def earlier_training(self) -> list[str]:
+        """What shows that this run has trained before, in words (empty for a new run):
+        ticks in stats.jsonl, network snapshots, damaged snapshots. A run that has these but
+        no readable full snapshot must not silently start again from kimg 0."""
+        found = []
+        ticks = len(self.read_stats())
+        if ticks:
+            found.append(f"{ticks} tick(s) in {STATS_FILE}")
+        networks = self.snapshots("network")
+        if networks:
+            found.append(f"{len(networks)} network snapshot(s) up to kimg {networks[-1].kimg:g}")
+        damaged = self.damaged()
+        if damaged:
+            found.append(f"{len(damaged)} damaged snapshot(s) ({damaged[-1].name}, ...)")
+        return found
+
+    def move_aside_for_restart(self) -> tuple[Path, list[str]]:
+        """Move what an earlier start of the run wrote (ticks, metrics, images, curves,
+        TensorBoard events, network and damaged snapshots, best.json) into a new
+        ``restart-<time>/`` folder, so a run started again writes none of it twice and
+        nothing is deleted. Returns the folder and the names moved."""
+        aside = self.path / f"restart-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir()
+        moved = []
+        candidates = [self.stats_file, self.metrics_file, self.best_file, *self.damaged(),
+                      *(snapshot.path for snapshot in self.snapshots("network"))]
+        for pattern in ("fakes*.png", "curves.png", "metrics.png", "events.out.tfevents.*"):
+            candidates += sorted(self.path.glob(pattern))
+        for path in candidates:
+            if path.exists():
+                target = aside / path.relative_to(self.path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                moved.append(str(path.relative_to(self.path)))
+        return aside, moved
+
     def remove_stale_temporaries(self) -> list[Path]:
         """Remove ``.tmp-*`` snapshot folders of processes that are no longer alive."""
         removed = []

@@ -375,6 +375,8 @@ def _damage(run_dir, images_seen, how):
         index.write_bytes(index.read_bytes()[:100])
     elif how == "unreadable snapshot.json":
         (path / "snapshot.json").write_text("{\"format_version\": ")
+    elif how == "missing data":
+        next(path.glob("ckpt.data-*")).unlink()
     elif how == "wrong shapes":  # a checkpoint of the right names from a narrower model
         other = training.Trainer(tiny(**{"model.fmap_max": 8}), REPO, run_dir / "unused")
         RunDir(run_dir).write_snapshot(images_seen, "full", other.state.checkpoint)
@@ -382,7 +384,7 @@ def _damage(run_dir, images_seen, how):
 
 
 @pytest.mark.parametrize("newest, previous", [("truncated data", "unreadable snapshot.json"),
-                                              ("truncated index", "wrong shapes")])
+                                              ("truncated index", "missing data")])
 def test_damaged_snapshots_fall_back_to_the_newest_readable_one(tmp_path, finished_run, capfd,
                                                                 newest, previous):
     run_dir = copy_run(finished_run, tmp_path / "run")
@@ -400,6 +402,55 @@ def test_damaged_snapshots_fall_back_to_the_newest_readable_one(tmp_path, finish
     stats = RunDir(run_dir).read_stats()
     assert [s["tick"] for s in stats] == list(range(len(stats)))
     assert [s["images_seen"] for s in stats] == sorted({s["images_seen"] for s in stats})
+
+
+def test_a_snapshot_that_does_not_fit_the_config_is_a_config_error_not_damage(tmp_path, finished_run):
+    """An edited config.json (here the minibatch-stddev group, which changes the shape of the
+    discriminator's d_4_conv kernel) names the layer and the setting; nothing is set aside,
+    and with the setting put back the run resumes."""
+    from progan.checkpoints import SnapshotMismatchError
+
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    before = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
+    stored = json.loads((run_dir / "config.json").read_text())
+    edited = json.loads(json.dumps(stored))
+    edited["config"]["model"]["mbstd_group_size"] = 0
+    (run_dir / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(SnapshotMismatchError, match=r"discriminator/d_4_conv/kernel is \[3, 3, 17, 16\] "
+                       r"in the snapshot but \[3, 3, 16, 16\].*model.mbstd_group_size"):
+        training.resume(run_dir)
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == before
+    _damage(run_dir, 304, "wrong shapes")  # one snapshot of a narrower model: no fallback either
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(SnapshotMismatchError, match="d_4_conv/bias is \\[8\\] in the snapshot but \\[16\\].*fmap_max"):
+        training.resume(run_dir)
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == before
+
+
+def test_a_run_without_a_readable_snapshot_starts_again_only_when_told(tmp_path, finished_run):
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    run = RunDir(run_dir)
+    ticks = len(run.read_stats())
+    for snapshot in run.snapshots("full"):
+        _damage(run_dir, snapshot.images_seen, "truncated data")
+    with pytest.raises(training.TrainingError, match="no readable snapshot.*all 4 were damaged.*--restart"):
+        training.resume(run_dir)
+    assert len(run.damaged()) == 4 and not run.snapshots("full")
+    for attempt in (lambda: training.resume(run_dir),
+                    lambda: training.train(run.read().config, run.read().data, run_dir)):
+        with pytest.raises(training.TrainingError, match=f"has trained before \\({ticks} tick"
+                           r".*4 network snapshot.*4 damaged.*progan resume .* --restart"):
+            attempt()
+        assert len(run.read_stats()) == ticks and not run.snapshots("full")
+    with pytest.raises(training.TrainingError, match="--restart: .* has a readable snapshot"):
+        training.resume(finished_run, restart=True)
+    result = training.resume(run_dir, restart=True)
+    assert result["images_seen"] == 304
+    aside = list(run_dir.glob("restart-*"))
+    assert len(aside) == 1 and len(RunDir(aside[0]).read_stats()) == ticks
+    assert len(list((aside[0] / "checkpoints").glob("damaged-snapshot-*"))) == 4
+    assert [s["tick"] for s in run.read_stats()] == list(range(ticks))  # written once, not twice
+    assert "--restart: starting" in (run_dir / "log.txt").read_text()
 
 
 def test_a_moved_data_set_is_accepted_a_different_one_refused(tmp_path, finished_run, tiny_dataset):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from progan.backend import keras, tf
-from progan.checkpoints import read_snapshot
+from progan.checkpoints import SnapshotUnusable, read_snapshot
 from progan.config import Config, TrainingConfig
 from progan.images import format_seeds, image_grid, save_png, seed_labels, seed_latents
 from progan.run import FormatError, RunDir, RunError
@@ -34,6 +34,10 @@ CALL_SECONDS = 2.0
 
 class TrainingError(RunError):
     """A run cannot start or continue; the message says why and what to do."""
+
+
+class NoSnapshotError(TrainingError):
+    """A run has full snapshots, but none of them reads (each was set aside as damaged)."""
 
 
 def fakes_name(images_seen: int) -> str:
@@ -176,9 +180,11 @@ class Trainer:
     def restore(self, images_seen: int | None = None, run: RunDir | None = None) -> int:
         """Load a full snapshot of ``run`` (default: this run) and return its images seen.
 
-        Without ``images_seen``: the newest snapshot that reads completely; each one that does
-        not is named in the log and on stderr, set aside as ``damaged-<name>`` and the previous
-        one is tried. With ``images_seen`` (fine-tuning): exactly that snapshot, or an error.
+        Without ``images_seen``: the newest snapshot that reads completely; each damaged one
+        (a file missing, cut short or failing its checksum) is named in the log and on
+        stderr, set aside as ``damaged-<name>`` and the previous one is tried. A snapshot
+        that does not fit the config, or one from a newer progan, stops the restore with
+        nothing renamed. With ``images_seen`` (fine-tuning): exactly that snapshot, or an error.
         """
         run = run or self.run
         for path in run.remove_stale_temporaries():
@@ -193,7 +199,7 @@ class Trainer:
         for snapshot in reversed(snapshots):
             try:
                 read_snapshot(snapshot, self.state.readable_formats)
-            except FormatError:
+            except (FormatError, SnapshotUnusable):
                 raise
             except RunError as error:
                 moved = run.set_aside(snapshot) if self.chief else snapshot.path
@@ -208,8 +214,10 @@ class Trainer:
                 self.next_tick = run.rewind_stats(seen)
             self.reporter.log(f"resumed from {snapshot.name} at kimg {seen / 1000:.1f}")
             return seen
-        raise TrainingError(f"{run.path}: no readable snapshot to resume from"
-                            + (" (the damaged ones were set aside)" if snapshots else ""))
+        raise NoSnapshotError(f"{run.path}: no readable snapshot to resume from"
+                            + (f" (all {len(snapshots)} were damaged and are set aside as "
+                               "damaged-*); to start the run again from kimg 0: progan resume "
+                               f"{run.path} --restart" if snapshots else ""))
 
     # -- the loop ----------------------------------------------------------------------------
 

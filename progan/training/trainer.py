@@ -18,7 +18,7 @@ from pathlib import Path
 from progan.config import Config
 from progan.run import RunDir, RunInfo, data_fingerprint
 from progan.training import distribute
-from progan.training.loop import Trainer, TrainingError, check_batches
+from progan.training.loop import NoSnapshotError, Trainer, TrainingError, check_batches
 from progan.training.report import Reporter
 from progan.schedule import Schedule
 
@@ -124,9 +124,11 @@ def train(config: Config, data: Path, run_dir: Path, strategy=None, callbacks=()
 
 
 def resume(run_dir: Path, data: Path | None = None, allow_different_data: bool = False,
-           strategy=None, callbacks=(), total_kimg: float | None = None) -> dict:
+           strategy=None, callbacks=(), total_kimg: float | None = None,
+           restart: bool = False) -> dict:
     """Continue a run from its newest readable snapshot; ``data``: where its data set is now;
-    ``total_kimg``: train it to this many kimg instead (recorded in config.json)."""
+    ``total_kimg``: train it to this many kimg instead (recorded in config.json);
+    ``restart``: start a run that has no readable full snapshot again from kimg 0."""
     run = RunDir(run_dir)
     info = run.read()
     config = info.config if total_kimg is None else _extended(run, info.config, total_kimg)
@@ -134,7 +136,7 @@ def resume(run_dir: Path, data: Path | None = None, allow_different_data: bool =
     strategy = strategy or distribute.make_strategy(config.training.strategy)
     check_batches(config, strategy, schedule)
     if not distribute.is_chief(strategy):
-        return _train(config, data or info.data, run, strategy, schedule, callbacks)
+        return _train(config, data or info.data, run, strategy, schedule, callbacks, restart)
     with run.lock("progan resume"):
         info = run.read()
         if config != info.config:
@@ -144,7 +146,7 @@ def resume(run_dir: Path, data: Path | None = None, allow_different_data: bool =
             run.write(info)
         info = _matching_data(run, info, data, allow_different_data, Reporter(run).warn,
                               schedule)
-        return _train(info.config, info.data, run, strategy, schedule, callbacks)
+        return _train(info.config, info.data, run, strategy, schedule, callbacks, restart)
 
 
 def _extended(run: RunDir, config: Config, total_kimg: float) -> Config:
@@ -162,10 +164,33 @@ def _extended(run: RunDir, config: Config, total_kimg: float) -> Config:
 
 
 def _train(config: Config, data: Path, run: RunDir, strategy, schedule: Schedule,
-           callbacks) -> dict:
+           callbacks, restart: bool = False) -> dict:
+    """Restore the newest readable snapshot and train on. A run with no readable full
+    snapshot starts from kimg 0 only when it is new, or when ``restart`` says so: then what
+    the earlier start wrote is moved aside first (`RunDir.move_aside_for_restart`)."""
     trainer = Trainer(config, data, run, strategy, schedule, callbacks)
-    if run.snapshots("full"):
-        trainer.restore()
+    try:
+        if run.snapshots("full"):
+            seen = trainer.restore()
+            if restart:
+                raise TrainingError(f"--restart: {run.path} has a readable snapshot (kimg "
+                                    f"{seen / 1000:g}); it resumes without --restart, and a run "
+                                    "started afresh goes into a new directory")
+            return trainer.train()
+    except NoSnapshotError:
+        if not restart:
+            raise
+    found = run.earlier_training() if trainer.chief else []
+    if found and not restart:
+        raise TrainingError(
+            f"{run.path}: has no readable full snapshot but has trained before ("
+            + "; ".join(found) + "); it does not start again from kimg 0 on its own. To do so "
+            f"(those files are moved into a restart-* folder): progan resume {run.path} --restart")
+    if found:
+        aside, moved = run.move_aside_for_restart()
+        trainer.reporter.warn(f"--restart: starting {run.path} again from kimg 0; moved "
+                              f"{len(moved)} file(s) and folder(s) of the earlier start ("
+                              + "; ".join(found) + f") into {aside}")
     return trainer.train()
 
 
