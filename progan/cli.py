@@ -266,12 +266,14 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     import progan.backend  # noqa: F401  every command computes: TensorFlow, checked and quiet
-    from progan.errors import ProganError
+    from progan.errors import Fault, ProganError
 
     try:
         result = args.run(args, parser)
     except ProganError as error:
-        parser.exit(2, f"progan {args.command}: error: {error}\n")
+        parser.exit(1 if isinstance(error, Fault) else 2, f"progan {args.command}: error: {error}\n")
+    except KeyboardInterrupt:  # what is written is complete: every file is written atomically
+        parser.exit(130, f"progan {args.command}: interrupted; what it finished is kept\n")
     return int(result or 0)
 
 
