@@ -200,22 +200,6 @@ def test_an_append_after_a_cut_last_line_drops_it_instead_of_burying_it(tmp_path
     assert [r["images_seen"] for r in run.read_metrics()] == [100, 200]
 
 
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A folder nobody may write to: a read-only tmpfs for root (whom permissions do not
-    stop), mode 555 otherwise."""
-    path = tmp_path / "read-only"
-    path.mkdir()
-    if os.geteuid() == 0:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], check=True)
-        yield path
-        subprocess.run(["umount", str(path)], check=True)
-    else:
-        path.chmod(0o555)
-        yield path
-        path.chmod(0o755)
-
-
 def test_output_folders_are_checked_before_anything_is_written(tmp_path, read_only_dir):
     from progan.run import check_output_dir
 

@@ -76,6 +76,9 @@ def add_evaluate(subparsers):
                              "original FID code used (default: none)")
     parser.add_argument("--inception-weights", default=None,
                         help="Keras InceptionV3 weights file, or 'imagenet' to download (default: none)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="where the run's data set is now, if it moved (checked against the "
+                             "fingerprint in config.json; default: the recorded path)")
     parser.set_defaults(run=run_evaluate)
     return parser
 
@@ -85,7 +88,7 @@ def run_evaluate(args, parser):
 
     records = api.evaluate(args.run_dir, args.metrics, args.snapshot, args.num_images,
                            args.split, args.seed, args.feature_extractor,
-                           args.inception_weights, args.inception_graph)
+                           args.inception_weights, args.inception_graph, data=args.data)
     from progan.evaluation.run import PLOT_FILE
     from progan.run import RunDir
 
@@ -128,6 +131,7 @@ def add_generate(subparsers):
 def run_generate(args, parser):
     from progan import api
 
+    api.check_image_out(args.out)
     loaded = api.load_generator(args.run_dir, args.snapshot, log=print)
     images = api.generate(loaded, args.seeds, args.truncation, args.labels, args.labels_from,
                           out=args.out)

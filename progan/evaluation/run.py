@@ -273,10 +273,13 @@ class SnapshotEvaluator:
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             self.log(f"{prefix} {name:<7s} {result['value']:.4f}  "
                      f"({records[name]['seconds']:.1f} s)")
-        self.run.append_metrics(list(records.values()))
+        from progan.system import held_interrupts
+
+        with held_interrupts():  # metrics.jsonl and best.json agree even after a Ctrl-C
+            self.run.append_metrics(list(records.values()))
+            update_best(self.run, primary=self.metrics[0], log=self.log)
         self.scalars({f"Metrics/{name}": record["value"] for name, record in records.items()},
                      images_seen)
-        update_best(self.run, primary=self.metrics[0], log=self.log)
         plot_metrics(self.run_dir)
         self.log(f"{prefix} evaluated in {time.time() - started:.1f} s")
         return records
