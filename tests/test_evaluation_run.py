@@ -60,19 +60,18 @@ def test_swd_of_every_snapshot_metrics_files_and_best(tiny_run, tmp_path, capsys
 
 
 def test_fid_needs_inception_unless_random_features_are_chosen(tiny_run, tmp_path, capsys):
+    from progan import cli as progan_cli  # what prints an error as one line
+
     run_dir = copy_run(tiny_run, tmp_path / "run")
-    parser = evaluate_parser()
-    args = parser.parse_args(["evaluate", str(run_dir), "--metrics", "swd,fid", "--num-images", "32"])
     with pytest.raises(SystemExit) as exit_info:
-        args.run(args, parser)
+        progan_cli.main(["evaluate", str(run_dir), "--metrics", "swd,fid", "--num-images", "32"])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and "--inception-weights" in message and \
         "--inception-graph" in message
-    args = parser.parse_args(["evaluate", str(run_dir), "--metrics", "kid",
-                              "--inception-graph", str(tmp_path / "missing.pb")])
     with pytest.raises(SystemExit):
-        args.run(args, parser)
+        progan_cli.main(["evaluate", str(run_dir), "--metrics", "kid",
+                         "--inception-graph", str(tmp_path / "missing.pb")])
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and "--inception-graph" in message and "missing.pb" in message
     with pytest.raises(evaluation.EvaluationError, match="--metrics"):

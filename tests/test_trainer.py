@@ -650,8 +650,8 @@ def test_a_full_disk_stops_before_a_snapshot_and_keeps_the_previous_one(tmp_path
     usage = collections.namedtuple("usage", "total used free")
     free = {"bytes": 1 << 40}
     monkeypatch.setattr(runs.shutil, "disk_usage", lambda path: usage(0, 0, free["bytes"]))
-    free["bytes"] = 1 << 20
-    with pytest.raises(runs.WriteFault, match=r"1.0 MiB free, a snapshot of this model .* needs about"):
+    free["bytes"] = 1 << 16
+    with pytest.raises(runs.WriteFault, match=r"0.1 MiB free, a snapshot of this model .* needs about"):
         training.train(tiny(), tiny_dataset, tmp_path / "never")
     assert not (tmp_path / "never").exists()  # refused before the first snapshot: nothing left
 
@@ -660,7 +660,7 @@ def test_a_full_disk_stops_before_a_snapshot_and_keeps_the_previous_one(tmp_path
     def fill_after_the_second(self, images_seen, kind, *args, **kwargs):
         snapshot = written(self, images_seen, kind, *args, **kwargs)
         if images_seen >= 104 and kind == "network":
-            free["bytes"] = 1 << 20
+            free["bytes"] = 1 << 16
         return snapshot
 
     free["bytes"] = 1 << 40
