@@ -155,7 +155,7 @@ def train(data=None, out=None, config=None, conditional: bool = False,
 
 
 def resume(run, data=None, allow_different_data: bool = False, total_kimg: float | None = None,
-           gpus: int | None = None) -> dict:
+           gpus: int | None = None, restart: bool = False) -> dict:
     """Continue a run from its newest readable snapshot.
 
     Args:
@@ -164,6 +164,8 @@ def resume(run, data=None, allow_different_data: bool = False, total_kimg: float
         allow_different_data: continue on a ``data`` set with another fingerprint.
         total_kimg: extend (or shorten) the run to this many kimg; recorded in config.json.
         gpus: train on the first this many visible GPUs (of each worker); default: all.
+        restart: start a run that has no readable full snapshot again from kimg 0 (what its
+            earlier start wrote is moved into a restart-* folder); never needed otherwise.
     """
     from progan.run import RunDir
     from progan.training import trainer
@@ -172,7 +174,7 @@ def resume(run, data=None, allow_different_data: bool = False, total_kimg: float
     config = RunDir(run).read().config
     return trainer.resume(run, None if data is None else Path(data), allow_different_data,
                           strategy=_strategy(config, gpus), callbacks=_callbacks(run, config),
-                          total_kimg=total_kimg)
+                          total_kimg=total_kimg, restart=restart)
 
 
 def finetune(run, out, kimg: float, snapshot: str = "latest", lr_scale: float = 0.8,
@@ -202,12 +204,13 @@ def finetune(run, out, kimg: float, snapshot: str = "latest", lr_scale: float = 
 
 def evaluate(run, metrics="swd", snapshot: str = "latest", num_images: int | None = None,
              split: str = "test", seed: int = 0, feature_extractor: str = "inception",
-             inception_weights=None, inception_graph=None, log=print) -> list[dict]:
+             inception_weights=None, inception_graph=None, log=print, data=None) -> list[dict]:
     """Metrics of a run's snapshots, appended to metrics.jsonl; metrics.png and best.json are
     brought up to date. Returns the new records (one per snapshot and metric).
 
     ``snapshot``: ``latest``, ``all``, ``best``, ``best:METRIC``, or snapshots as
-    ``ls RUN/checkpoints`` shows them or by kimg, comma-separated.
+    ``ls RUN/checkpoints`` shows them or by kimg, comma-separated. ``data``: where the run's
+    data set is now, if it moved (checked by its fingerprint).
     """
     from progan.evaluation.registry import METRICS
     from progan.evaluation.run import evaluate_run, make_feature_extractor, parse_metrics
@@ -221,7 +224,7 @@ def evaluate(run, metrics="swd", snapshot: str = "latest", num_images: int | Non
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             raise ApiError(str(error)) from None
     return evaluate_run(Path(run), metrics, num_images, str(snapshot), split, seed, extractor,
-                        log=log)
+                        log=log, data=None if data is None else Path(data))
 
 
 # -- generation --------------------------------------------------------------------------------
@@ -299,11 +302,15 @@ def generate(generator, seeds="0-63", truncation: float | None = None, labels=No
     (``.png``) or one ``seedNNNN.png`` per image into a directory."""
     from progan.generation import generate as draw
 
+    if out is not None:
+        check_image_out(out)
     loaded = _loaded(generator, snapshot, log)
     seeds = _seed_list(seeds)
+    _check_memory(loaded, len(seeds))
     rows = labels_for(loaded, seeds, labels, labels_from)
     try:
-        images = draw(loaded.model, seeds, truncation, labels=rows)
+        images = draw(loaded.model, seeds, truncation, labels=rows,
+                      progress=len(seeds) >= PROGRESS_IMAGES)
     except ValueError as error:
         raise ApiError(str(error)) from None
     if out is not None:
@@ -311,22 +318,48 @@ def generate(generator, seeds="0-63", truncation: float | None = None, labels=No
     return images
 
 
+MAX_IMAGE_BYTES = 2 << 30  # generate holds every image in memory: 2 GiB of uint8 at most
+PROGRESS_IMAGES = 1024     # a progress bar from this many images on
+
+
+def _check_memory(loaded, count: int) -> None:
+    resolution, channels = loaded.stage.resolution, loaded.config.model.num_channels
+    needed = count * resolution * resolution * channels
+    if needed > MAX_IMAGE_BYTES:
+        most = MAX_IMAGE_BYTES // (resolution * resolution * channels)
+        raise ApiError(f"--seeds: {count:,} images of {resolution}x{resolution}x{channels} need "
+                       f"{needed / 2**30:.1f} GiB of memory; at most {most:,} per command "
+                       f"({MAX_IMAGE_BYTES / 2**30:g} GiB): split the seeds over several commands")
+
+
+def check_image_out(out) -> None:
+    """``--out`` of generate: a .png file name or a directory, in a place that can be written."""
+    from progan.run import RunError, check_output_dir
+
+    out = Path(out)
+    if out.suffix and out.suffix.lower() != ".png":
+        raise ApiError(f"--out {out}: expected a .png file name or a directory")
+    if out.suffix and out.is_dir():
+        raise ApiError(f"--out {out}: is a directory; expected a .png file name")
+    try:
+        check_output_dir(out.parent if out.suffix else out, "--out")
+    except RunError as error:
+        raise ApiError(str(error)) from None
+
+
 def _write_images(out: Path, images, seeds) -> None:
     from progan.images import image_grid, save_png
 
-    if out.suffix.lower() == ".png":
-        if out.is_dir():
-            raise ApiError(f"--out {out}: is a directory; expected a .png file name")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_png(out, image_grid(images))
-    elif out.suffix:
-        raise ApiError(f"--out {out}: expected a .png file name or a directory")
-    else:
-        if out.exists() and not out.is_dir():
-            raise ApiError(f"--out {out}: exists and is not a directory")
-        out.mkdir(parents=True, exist_ok=True)
-        for seed, image in zip(seeds, images):
-            save_png(out / f"seed{seed:04d}.png", image, min_size=1)
+    try:
+        if out.suffix:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            save_png(out, image_grid(images))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            for seed, image in zip(seeds, images):
+                save_png(out / f"seed{seed:04d}.png", image, min_size=1)
+    except OSError as error:  # a full disk, or a folder that went read-only meanwhile
+        raise ApiError(f"--out {out}: cannot write the images ({error})") from None
 
 
 def check_walk(seeds, steps: int, fps: float, out) -> list[int]:
@@ -338,6 +371,13 @@ def check_walk(seeds, steps: int, fps: float, out) -> list[int]:
         raise ApiError(f"--steps {steps} --fps {fps}: expected positive numbers")
     if out is not None and Path(out).suffix.lower() not in (".gif", ".mp4"):
         raise ApiError(f"--out {out}: expected a .gif or .mp4 file name")
+    if out is not None:
+        from progan.run import RunError, check_output_dir
+
+        try:
+            check_output_dir(Path(out).parent, "--out")
+        except RunError as error:
+            raise ApiError(str(error)) from None
     return seeds
 
 
@@ -354,11 +394,11 @@ def interpolate(generator, seeds="1,2,3", steps: int = 30, truncation: float | N
     rows = labels_for(loaded, seeds, labels, labels_from, walk=True)
     frames = walk(loaded.model, seeds, steps, truncation, labels=rows)
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         try:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
             save_animation(Path(out), frames, fps, size)
-        except ValueError as error:
-            raise ApiError(str(error)) from None
+        except (ValueError, OSError) as error:
+            raise ApiError(f"--out {out}: {error}" if isinstance(error, OSError) else str(error)) from None
     return frames
 
 

@@ -22,6 +22,73 @@ from __future__ import annotations
 from progan.backend import tf
 from progan.run import RunError, Snapshot
 
+VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"  # what tf.train.Checkpoint appends to a variable's path
+
+
+class SnapshotUnusable(RunError):
+    """An intact snapshot that cannot be used here: not damage, so nothing sets it aside."""
+
+
+class SnapshotMismatchError(SnapshotUnusable):
+    """A readable snapshot whose variables do not fit the model built from the run's config
+    (a setting of config.json changed since it was written)."""
+
+
+def checkpoint_shapes(checkpoint: tf.train.Checkpoint) -> dict:
+    """``{key: shape}`` of every variable a checkpoint reads or writes, keyed as in the file
+    (``discriminator/d_4_conv/kernel``)."""
+    view = tf.train.TrackableView(checkpoint)
+    shapes, pending = {}, [("", checkpoint)]
+    while pending:
+        path, node = pending.pop()
+        children = view.children(node)
+        if not children and hasattr(node, "shape"):  # a variable (tf or Keras)
+            shapes[path] = tuple(node.shape)
+        for name, child in children.items():
+            pending.append((f"{path}/{name}" if path else name, child))
+    return shapes
+
+
+def _likely_setting(key: str, saved: tuple, expected: tuple) -> str:
+    """The model setting a differing shape most likely comes from, in words."""
+    layer = key.split("/")[-2] if "/" in key else key
+    if layer == "d_4_conv" and len(saved) == 4 and abs(saved[2] - expected[2]) == 1:
+        return " (model.mbstd_group_size: the minibatch-stddev feature map comes and goes with it)"
+    if layer == "g_4_dense" and saved[0] != expected[0]:
+        return " (model.latent_size or model.label_size)"
+    if (layer.startswith("to_rgb") and saved[-1] != expected[-1]) or (
+            layer.startswith("from_rgb") and len(saved) == 4 and saved[2] != expected[2]):
+        return " (model.num_channels)"
+    if layer == "d_4_dense2" and saved[-1] != expected[-1]:
+        return " (model.label_size)"
+    return " (model.fmap_base, fmap_max or fmap_decay)"
+
+
+def check_shapes(snapshot: Snapshot, checkpoint: tf.train.Checkpoint, saved: dict,
+                 partial: bool) -> None:
+    """Raise `SnapshotMismatchError` naming the first variable of ``checkpoint`` whose shape
+    differs from the snapshot's (``saved``: `tf.train.list_variables` as a dict), or that one
+    of them lacks; network weights are named before optimiser slots."""
+    saved = {key[:-len(VALUE_SUFFIX)]: tuple(shape) for key, shape in saved.items()
+             if key.endswith(VALUE_SUFFIX)}
+    expected = checkpoint_shapes(checkpoint)
+    order = sorted(set(expected) | set(saved),
+                   key=lambda key: (key.split("/")[0].endswith("optimizer"), key))
+    for key in order:
+        if key in expected and key in saved and expected[key] != saved[key]:
+            raise SnapshotMismatchError(
+                f"{snapshot.path}: {key} is {list(saved[key])} in the snapshot but "
+                f"{list(expected[key])} in the model built from config.json"
+                f"{_likely_setting(key, saved[key], expected[key])}: config.json's model settings "
+                "differ from the snapshots'; put back the settings the run was trained with "
+                "(nothing was set aside)")
+        missing = key in expected and key not in saved
+        if missing or (key in saved and key not in expected and not partial):
+            where = "the snapshot lacks" if missing else "the model built from config.json has no"
+            raise SnapshotMismatchError(
+                f"{snapshot.path}: {where} {key}: config.json's model settings differ from the "
+                "snapshots'; put back the settings the run was trained with (nothing was set aside)")
+
 
 def optimizer_slots(optimizer, named_weights: dict) -> dict:
     """An Adam optimiser's state keyed like the weights it updates: ``iterations``, and
@@ -74,30 +141,44 @@ def legacy_checkpoint(networks, ema, g_optimizer, d_optimizer, counters: dict,
 def read_snapshot(snapshot: Snapshot, checkpoints: dict, partial: bool = False) -> dict:
     """Verify a snapshot and read it into the variables of ``checkpoints[format_version]``.
 
-    Every variable of that checkpoint must receive a value (and, unless ``partial``, every
-    value in the snapshot must find its variable); file sizes are checked against
-    ``snapshot.json`` first, and TensorFlow checks each tensor's CRC as it reads. Any
-    failure is one `RunError` naming the snapshot. Returns ``snapshot.json``. A value of
-    ``checkpoints`` may be a function of the snapshot's set of keys returning the checkpoint
-    (counters that older snapshots lack). 
+    Every variable of that checkpoint must receive a value of its shape (and, unless
+    ``partial``, every value in the snapshot must find its variable): a snapshot that does
+    not fit is a `SnapshotMismatchError` (the config changed; the snapshot is fine). File
+    sizes are checked against ``snapshot.json`` first, and TensorFlow checks each tensor's
+    CRC as it reads: damage is one `RunError` naming the snapshot. Returns ``snapshot.json``.
+    A value of ``checkpoints`` may be a function of the snapshot's set of keys returning the
+    checkpoint (counters that older snapshots lack).
     """
     info = snapshot.verify()
     checkpoint = checkpoints.get(info["format_version"])
     if checkpoint is None:
         raise RunError(f"{snapshot.path}: format {info['format_version']} cannot be read here")
     try:
-        if not isinstance(checkpoint, tf.train.Checkpoint):  # built for the keys it holds
-            checkpoint = checkpoint({name for name, _ in tf.train.list_variables(str(snapshot.prefix))})
+        saved = dict(tf.train.list_variables(str(snapshot.prefix)))
+    except Exception as error:  # noqa: BLE001 - an index that does not parse is damage
+        raise _read_error(snapshot, error) from None
+    if not isinstance(checkpoint, tf.train.Checkpoint):  # built for the keys it holds
+        checkpoint = checkpoint(set(saved))
+    check_shapes(snapshot, checkpoint, saved, partial)
+    try:
         status = checkpoint.read(str(snapshot.prefix))
         status.assert_existing_objects_matched()
         if partial:
             status.expect_partial()
         else:
             status.assert_consumed()
-    except Exception as error:  # noqa: BLE001 - any damage means: not this snapshot
-        first = (str(error).strip().splitlines() or [""])[0][:200]
-        raise RunError(f"{snapshot.path}: cannot be read ({type(error).__name__}: {first})") from None
+    except Exception as error:  # noqa: BLE001 - the shapes fit, so anything else is damage
+        raise _read_error(snapshot, error) from None
     return info
+
+
+def _read_error(snapshot: Snapshot, error: Exception) -> RunError:
+    """Damage (`RunError`), or `SnapshotUnusable` when the files could not be opened at all
+    (permissions), which says nothing about their state."""
+    first = (str(error).strip().splitlines() or [""])[0][:200]
+    if isinstance(error, (tf.errors.PermissionDeniedError, PermissionError)):
+        return SnapshotUnusable(f"{snapshot.path}: permission denied ({first})")
+    return RunError(f"{snapshot.path}: cannot be read ({type(error).__name__}: {first})")
 
 
 def read_ema(snapshot: Snapshot, ema) -> dict:

@@ -154,6 +154,10 @@ def _add_resume(subparsers):
                         help="train the run to this many kimg (e.g. to extend a finished run); "
                              "recorded in its config.json (default: the run's own)")
     _add_gpus(parser)
+    parser.add_argument("--restart", action="store_true",
+                        help="start a run that has no readable full snapshot (all damaged) again "
+                             "from kimg 0, moving its earlier ticks, images and network snapshots "
+                             "into a restart-* folder (default: refuse)")
     parser.set_defaults(run=_run_resume)
 
 
@@ -161,7 +165,7 @@ def _run_resume(args, parser):
     from progan import api
 
     result = api.resume(args.run_dir, args.data, args.allow_different_data, args.total_kimg,
-                        args.gpus)
+                        args.gpus, args.restart)
     _print_result(result, args.run_dir)
 
 
@@ -320,12 +324,14 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     import progan.backend  # noqa: F401  every command computes: TensorFlow, checked and quiet
-    from progan.errors import ProganError
+    from progan.errors import Fault, ProganError
 
     try:
         result = args.run(args, parser)
     except ProganError as error:
-        parser.exit(2, f"progan {args.command}: error: {error}\n")
+        parser.exit(1 if isinstance(error, Fault) else 2, f"progan {args.command}: error: {error}\n")
+    except KeyboardInterrupt:  # what is written is complete: every file is written atomically
+        parser.exit(130, f"progan {args.command}: interrupted; what it finished is kept\n")
     return int(result or 0)
 
 

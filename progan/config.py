@@ -42,9 +42,24 @@ def _require(condition: bool, setting: str, expected: str, value: Any) -> None:
         raise ConfigError(f"{setting}: expected {expected}, got {value!r}")
 
 
+MAX_SEED = 2 ** 31 - 1  # what every seeded generator (NumPy, TensorFlow, Keras) accepts
+
+
+def _require_finite(section) -> None:
+    """Every float setting of a section is a finite number: a value set in Python (e.g.
+    ``--kimg inf`` through fine-tuning) never passes through `Config.from_dict`'s check."""
+    for field in dataclasses.fields(section):
+        value = getattr(section, field.name)
+        if isinstance(value, float):
+            _require(math.isfinite(value), f"{type(section).SECTION}.{field.name}",
+                     "a finite number", value)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(_Section):
     """Widths and details of the generator and discriminator (reference `G_paper`/`D_paper`)."""
+
+    SECTION = "model"
 
     latent_size: int = 512
     fmap_base: int = 8192
@@ -80,6 +95,7 @@ class ModelConfig(_Section):
     label_kind: str = "multi_label"
 
     def validate(self) -> None:
+        _require_finite(self)
         _require(self.latent_size >= 1, "model.latent_size", "a positive integer", self.latent_size)
         _require(isinstance(self.label_size, int) and self.label_size >= 0, "model.label_size",
                  "0 (unconditional) or the number of labels", self.label_size)
@@ -110,6 +126,8 @@ class ModelConfig(_Section):
 class ScheduleConfig(_Section):
     """Progressive-growing schedule; images seen is the clock (see `progan.schedule`)."""
 
+    SECTION = "schedule"
+
     start_resolution: int = 4
     stable_kimg: float = 800.0
     fade_kimg: float = 800.0
@@ -119,6 +137,7 @@ class ScheduleConfig(_Section):
     batch_sizes: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
+        _require_finite(self)
         _require(is_power_of_two(self.start_resolution) and self.start_resolution >= 4,
                  "schedule.start_resolution", "a power of two >= 4", self.start_resolution)
         _require(self.stable_kimg > 0, "schedule.stable_kimg", "a positive number", self.stable_kimg)
@@ -142,6 +161,8 @@ AUGMENT_OPS = ("translation", "cutout", "color")  # progan.training.augment
 class LossConfig(_Section):
     """Loss functions (`progan.losses`): WGAN-GP with drift, non-saturating + R1, least squares."""
 
+    SECTION = "loss"
+
     name: str = "wgan_gp"
     gp_lambda: float = 10.0
     gp_gamma: float = 1.0
@@ -164,6 +185,7 @@ class LossConfig(_Section):
     augment_speed_kimg: float = 100.0
 
     def validate(self) -> None:
+        _require_finite(self)
         _require(self.name in LOSSES, "loss.name", "one of " + ", ".join(LOSSES), self.name)
         _require(isinstance(self.augment, tuple) and all(op in AUGMENT_OPS for op in self.augment)
                  and len(set(self.augment)) == len(self.augment), "loss.augment",
@@ -189,6 +211,8 @@ class OptimizerConfig(_Section):
     and at the end of stable phases; `progan.schedule` applies them per stage), its betas and
     epsilon, and its state reset as the reference does when a fade-in starts and ends."""
 
+    SECTION = "optimizer"
+
     g_lr: float = 0.001
     d_lr: float = 0.001
     # Per-resolution learning rate for both networks, overriding g_lr/d_lr.
@@ -212,6 +236,7 @@ class OptimizerConfig(_Section):
     freeze_d: int = 0
 
     def validate(self) -> None:
+        _require_finite(self)
         _require(isinstance(self.freeze_d, int) and self.freeze_d >= 0, "optimizer.freeze_d",
                  "0 (nothing frozen) or a number of blocks", self.freeze_d)
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optimizer.beta1/beta2",
@@ -237,6 +262,8 @@ PRECISIONS = ("off", "bf16", "fp16")
 class TrainingConfig(_Section):
     """How a run executes and reports; none of it changes the model's mathematics."""
 
+    SECTION = "training"
+
     seed: int = 0
     mirror: bool = True
     ema_beta: float = 0.999
@@ -259,6 +286,9 @@ class TrainingConfig(_Section):
     metrics_num_images: int = 2048
 
     def validate(self) -> None:
+        _require_finite(self)
+        _require(isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED, "training.seed",
+                 f"an integer from 0 to {MAX_SEED} (2^31 - 1)", self.seed)
         _require(0 <= self.ema_beta < 1, "training.ema_beta", "a value in [0, 1)", self.ema_beta)
         _require(self.ema_beta_fade is None or 0 <= self.ema_beta_fade < 1,
                  "training.ema_beta_fade", "null (= ema_beta) or a value in [0, 1)",
@@ -307,6 +337,11 @@ class Config:
         _require(self.schedule.start_resolution <= self.model.max_resolution,
                  "schedule.start_resolution", f"at most model.max_resolution "
                  f"({self.model.max_resolution})", self.schedule.start_resolution)
+        blocks = self.model.max_resolution.bit_length() - 2  # 4x4 ... max_resolution
+        _require(self.optimizer.freeze_d < blocks, "optimizer.freeze_d", f"fewer than the "
+                 f"discriminator's {blocks} blocks at max_resolution {self.model.max_resolution} "
+                 f"(at most {blocks - 1}; {blocks} or more freezes every one, so it never learns)",
+                 self.optimizer.freeze_d)
 
     def to_dict(self) -> dict:
         return {name: _section_to_dict(getattr(self, name)) for name in SECTIONS}
@@ -486,7 +521,13 @@ def load_config(name_or_path: str | Path) -> Config:
     if not path.is_file():
         raise ConfigError(f"--config {name_or_path}: expected a preset ({', '.join(PRESETS)}) "
                           "or a JSON file")
-    return Config.from_json(path.read_text(), str(path))
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"--config {path}: not a readable JSON file ({error})") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict) and "data" in data:
+        return Config.from_dict(data["config"], f"{path}:config")  # a run's config.json
+    return Config.from_dict(data, str(path))
 
 
 # What every setting means (and its unit): the settings reference (`docs/settings.md`, made

@@ -29,7 +29,7 @@ from progan.networks import ProGAN
 from progan.images import enlarge, generator_inputs, seed_labels, seed_latents, to_uint8
 from progan.schedule import Schedule, Stage
 from progan.errors import ProganError
-from progan.run import RunDir
+from progan.run import RunDir, check_output_dir
 
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "generator.keras"
@@ -89,7 +89,7 @@ def load_snapshot(run_dir: Path | RunDir, images_seen: int, config: Config,
     stage = Schedule.of(config).stage_at(images_seen)
     networks.set_alpha(stage.alpha)
     return LoadedGenerator(networks.generator(stage.resolution, stage.fading), stage, config,
-                           images_seen, run.read_labels() if config.model.label_size else None)
+                           images_seen, run.read_labels(config.model.label_size) if config.model.label_size else None)
 
 
 def latent_size_of(model: keras.Model) -> int:
@@ -253,15 +253,21 @@ def export(run_dir: Path, out: Path, snapshot: str | int | float = "latest", log
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / EXPORT_INFO).is_file())):
         raise ExportError(f"--out {out}: exists and is not an earlier export (no {EXPORT_INFO}); "
                           "choose a new or empty directory")
+    check_output_dir(out, "--out")
     loaded = load_generator(run_dir, snapshot, log=log)
-    out.mkdir(parents=True, exist_ok=True)
-    saved_model = out / SAVED_MODEL_DIR
-    if saved_model.exists():
-        shutil.rmtree(saved_model)
-    module = ExportedGenerator(loaded.model)
-    tf.saved_model.save(module, str(saved_model), signatures={"serving_default": module.generate})
-    keras_file = out / KERAS_FILE
-    portable_generator(loaded.model).save(keras_file)
+    saved_model, keras_file = out / SAVED_MODEL_DIR, out / KERAS_FILE
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if saved_model.exists():
+            shutil.rmtree(saved_model)
+        module = ExportedGenerator(loaded.model)
+        tf.saved_model.save(module, str(saved_model),
+                            signatures={"serving_default": module.generate})
+        portable_generator(loaded.model).save(keras_file)
+    except (OSError, tf.errors.OpError) as error:  # a full disk, or it went read-only meanwhile
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ExportError(f"--out {out}: cannot write the export ({type(error).__name__}: "
+                          f"{first})") from None
     stage = loaded.stage
     description = {
         "run": str(run_dir.resolve()), "snapshot": RunDir(run_dir).snapshot_at(loaded.images_seen).name,

@@ -56,8 +56,12 @@ def save_png(path: Path, image: np.ndarray, min_size: int = 256) -> None:
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
 
 
+MAX_SEEDS = 1_000_000  # more than any grid, walk or metric asks for: a typo, not a request
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``"0-7,12"`` -> ``[0, 1, ..., 7, 12]``; ranges include both ends; order is kept."""
+    """``"0-7,12"`` -> ``[0, 1, ..., 7, 12]``; ranges include both ends; order is kept; at
+    most `MAX_SEEDS` of them."""
     seeds = []
     for part in str(text).split(","):
         part = part.strip()
@@ -70,6 +74,9 @@ def parse_seeds(text: str) -> list[int]:
             raise ValueError(f"expected seeds like 0-7,12, got {text!r}") from None
         if start < 0 or stop < start or stop >= 2 ** 32:
             raise ValueError(f"expected seeds like 0-7,12 (0 <= first <= last < 2^32), got {text!r}")
+        if len(seeds) + stop + 1 - start > MAX_SEEDS:
+            raise ValueError(f"{text!r} names {len(seeds) + stop + 1 - start:,} seeds; expected "
+                             f"at most {MAX_SEEDS:,}")
         seeds.extend(range(start, stop + 1))
     if not seeds:
         raise ValueError(f"expected seeds like 0-7,12, got {text!r}")

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from progan import __version__
-from progan.config import Config
-from progan.errors import ProganError
+from progan.config import LABEL_KINDS, Config
+from progan.errors import Fault, ProganError
 from progan.system import pid_alive
 
 RUN_FORMAT = 1            # config.json
@@ -76,6 +76,46 @@ class FormatError(RunError):
     """A file was written by a newer progan (not damage: nothing falls back from it)."""
 
 
+class WriteFault(RunError, Fault):
+    """A file could not be written (disk full, read-only, permissions); what was there before
+    is kept."""
+
+
+def check_output_dir(path: Path, flag: str) -> None:
+    """``path`` can be used as an output directory: it is one, or can be made, and it is
+    writable. Raises `RunError` naming ``flag`` otherwise (before anything is written)."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "exists" if existing == path else f"is inside {existing}, which exists"
+        raise RunError(f"{flag} {path}: {what} and is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK) or _read_only(existing):
+        raise RunError(f"{flag} {path}: {existing} is not writable (read-only file system or "
+                       "no permission); choose another place")
+
+
+def _read_only(path: Path) -> bool:
+    """Whether ``path`` is on a read-only file system (``os.access`` says yes to root there)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_free_space(path: Path, needed: int, what: str) -> None:
+    """`WriteFault` when the file system of ``path`` (or its nearest existing parent) has
+    fewer than ``needed`` bytes free."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise WriteFault(f"{path}: {free / 2**20:.1f} MiB free, {what} needs about "
+                         f"{needed / 2**20:.1f} MiB; free some space")
+
+
 def write_json_atomic(path: Path, data) -> None:
     """Write JSON to ``path`` so that readers see the old or the new file, never a part."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -92,6 +132,20 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def _write_failure(error: Exception) -> bool:
+    """Whether an error of a write is the machine's (disk full, read-only, permissions), in
+    Python's or TensorFlow's words, rather than a bug."""
+    if isinstance(error, OSError):
+        return True
+    names = {"ResourceExhaustedError", "PermissionDeniedError", "FailedPreconditionError",
+             "UnavailableError", "DataLossError", "UnknownError"}
+    return type(error).__name__ in names and "tensorflow" in type(error).__module__
 
 
 # -- the data set a run trains on ---------------------------------------------------------------
@@ -240,6 +294,8 @@ class RunDir:
     def read(self) -> RunInfo:
         """``config.json``, validated; any problem is one `RunError`/`ConfigError` line."""
         file = self.config_file
+        if not self.path.exists():
+            raise RunError(f"{self.path}: does not exist; expected a run directory")
         if not file.is_file():
             raise RunError(f"{self.path}: not a run directory (no {CONFIG_FILE})")
         try:
@@ -316,9 +372,9 @@ class RunDir:
         into ``.tmp-<name>-<pid>`` first, then renamed over any folder of that name."""
         final = self.snapshot_path(images_seen, kind)
         temporary = self.checkpoints / f"{TEMPORARY}{final.name}-{os.getpid()}"
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(temporary, ignore_errors=True)
         try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
             checkpoint.write(str(temporary / CHECKPOINT_PREFIX))
             files = {path.name: path.stat().st_size for path in sorted(temporary.iterdir())}
             write_json_atomic(temporary / SNAPSHOT_INFO, {
@@ -328,6 +384,14 @@ class RunDir:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(temporary, final)
+        except Exception as error:  # noqa: BLE001 - TensorFlow's own errors (ResourceExhausted) too
+            if not _write_failure(error):
+                raise
+            kept = [s.name for s in self.snapshots(kind) if s.path != final]
+            raise WriteFault(
+                f"{self.checkpoints}: cannot write {final.name} ({_first_line(error)}); "
+                + (f"the previous snapshot {kept[-1]} is kept" if kept else "no snapshot written")
+                + f"; free space (or fix the folder), then: progan resume {self.path}") from None
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
         return Snapshot(int(images_seen), kind, final)
@@ -338,6 +402,49 @@ class RunDir:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(snapshot.path, target)
         return target
+
+    def damaged(self) -> list[Path]:
+        """Snapshot folders set aside as ``damaged-*``."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(path for path in self.checkpoints.iterdir()
+                      if path.is_dir() and path.name.startswith("damaged-"))
+
+    def earlier_training(self) -> list[str]:
+        """What shows that this run has trained before, in words (empty for a new run):
+        ticks in stats.jsonl, network snapshots, damaged snapshots. A run that has these but
+        no readable full snapshot must not silently start again from kimg 0."""
+        found = []
+        ticks = len(self.read_stats())
+        if ticks:
+            found.append(f"{ticks} tick(s) in {STATS_FILE}")
+        networks = self.snapshots("network")
+        if networks:
+            found.append(f"{len(networks)} network snapshot(s) up to kimg {networks[-1].kimg:g}")
+        damaged = self.damaged()
+        if damaged:
+            found.append(f"{len(damaged)} damaged snapshot(s) ({damaged[-1].name}, ...)")
+        return found
+
+    def move_aside_for_restart(self) -> tuple[Path, list[str]]:
+        """Move what an earlier start of the run wrote (ticks, metrics, images, curves,
+        TensorBoard events, network and damaged snapshots, best.json) into a new
+        ``restart-<time>/`` folder, so a run started again writes none of it twice and
+        nothing is deleted. Returns the folder and the names moved."""
+        aside = self.path / f"restart-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir()
+        moved = []
+        candidates = [self.stats_file, self.metrics_file, self.best_file, *self.damaged(),
+                      *(snapshot.path for snapshot in self.snapshots("network"))]
+        for pattern in ("fakes*.png", "curves.png", "metrics.png", "events.out.tfevents.*"):
+            candidates += sorted(self.path.glob(pattern))
+        for path in candidates:
+            if path.exists():
+                target = aside / path.relative_to(self.path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                moved.append(str(path.relative_to(self.path)))
+        return aside, moved
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Remove ``.tmp-*`` snapshot folders of processes that are no longer alive."""
@@ -354,10 +461,16 @@ class RunDir:
             removed.append(path)
         return removed
 
-    def prune(self, keep: int) -> list[Path]:
+    def prune(self, keep: int, warn=None) -> list[Path]:
         """Delete full snapshots beyond the newest ``keep``, except the best ones; network
-        snapshots are kept forever."""
-        best = {entry["images_seen"] for entry in self.read_best()["metrics"].values()}
+        snapshots are kept forever. A best.json that cannot be read never stops this (it is
+        derived): every evaluated snapshot is kept instead, and ``warn`` says so."""
+        try:
+            best = {entry["images_seen"] for entry in self.read_best()["metrics"].values()}
+        except RunError as error:
+            best = {record.get("images_seen") for record in self.read_metrics()}
+            if warn is not None:
+                warn(f"warning: {error}; keeping every evaluated snapshot until then")
         removed = []
         for snapshot in self.snapshots("full")[:-keep]:
             if snapshot.images_seen not in best:
@@ -434,15 +547,23 @@ class RunDir:
     # -- best.json -----------------------------------------------------------------------------
 
     def read_best(self) -> dict:
-        """``{"primary": metric or None, "metrics": {metric: entry}}``."""
+        """``{"primary": metric or None, "metrics": {metric: entry}}``; a file of another
+        shape is one `RunError` (best.json is derived: `progan evaluate` rebuilds it from
+        metrics.jsonl)."""
         if not self.best_file.exists():
             return {"primary": None, "metrics": {}}
+        rebuild = f"`progan evaluate {self.path}` rebuilds it from {METRICS_FILE}"
         try:
             best = json.loads(self.best_file.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise RunError(f"{self.best_file}: not valid JSON ({error})") from None
-        if "metrics" not in best:  # progan 0.1.0: {metric: entry}, no primary
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RunError(f"{self.best_file}: not valid JSON ({error}); {rebuild}") from None
+        if isinstance(best, dict) and "metrics" not in best:  # progan 0.1.0: {metric: entry}
             best = {"primary": next(iter(self.metric_names()), None), "metrics": best}
+        problem = _best_problem(best)
+        if problem:
+            raise RunError(f"{self.best_file}: {problem}, expected {{\"primary\": METRIC or null, "
+                           f"\"metrics\": {{METRIC: {{\"images_seen\": INT, \"value\": NUMBER, "
+                           f"...}}}}}}; {rebuild}")
         return best
 
     def write_best(self, primary: str | None, metrics: dict) -> None:
@@ -483,19 +604,43 @@ class RunDir:
         finally:
             temporary.unlink(missing_ok=True)
 
-    def read_labels(self):
-        """The `LabelTable` of a conditional run; None for an unconditional one."""
+    def read_labels(self, label_size: int | None = None):
+        """The `LabelTable` of a conditional run; None for an unconditional one (no file).
+
+        With ``label_size`` (the config's): the file must be there and hold a table of that
+        many columns, at least one row, a name per column and a known kind; anything else is
+        one `RunError` naming the file."""
+        import zipfile
+
         import numpy as np
 
         path = self.path / LABELS_FILE
         if not path.exists():
+            if label_size:
+                raise RunError(f"{path}: missing; this run is conditional ({label_size} labels) "
+                               f"and its fakes' labels are drawn from it (`progan resume {self.path}` "
+                               "writes it again from the data set)")
             return None
         try:
             with np.load(path, allow_pickle=False) as archive:
-                return LabelTable(archive["values"].astype(np.float32),
-                                  [str(name) for name in archive["names"]], str(archive["kind"]))
-        except (OSError, ValueError, KeyError) as error:
-            raise RunError(f"{path}: not a readable label table ({error})") from None
+                table = LabelTable(archive["values"].astype(np.float32),
+                                   [str(name) for name in np.atleast_1d(archive["names"])],
+                                   str(archive["kind"]))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise RunError(f"{path}: not a readable label table ({type(error).__name__}: "
+                           f"{_first_line(error)}); `progan resume {self.path}` writes it again "
+                           "from the data set") from None
+        values = table.values
+        expected = f"{label_size} columns" if label_size else "columns"
+        if values.ndim != 2 or values.shape[0] < 1 or (label_size and values.shape[1] != label_size):
+            raise RunError(f"{path}: values of shape {list(values.shape)}, expected [rows >= 1, "
+                           f"{expected}] (the config's model.label_size); `progan resume {self.path}` "
+                           "writes it again from the data set")
+        if len(table.names) != values.shape[1] or table.kind not in LABEL_KINDS:
+            raise RunError(f"{path}: {len(table.names)} names and kind {table.kind!r} for "
+                           f"{values.shape[1]} columns; expected a name per column and kind "
+                           "multi_label or one_hot")
+        return table
 
     def append_metrics(self, records: list[dict]) -> None:
         _append_jsonl(self.metrics_file, records)
@@ -507,9 +652,34 @@ class RunDir:
         return list(dict.fromkeys(record["metric"] for record in self.read_metrics()))
 
 
+def _best_problem(best) -> str:
+    """What is wrong with the shape of best.json's contents ("" when nothing)."""
+    if not isinstance(best, dict):
+        return f"holds {type(best).__name__}"
+    if not (best.get("primary") is None or isinstance(best["primary"], str)):
+        return f"primary is {best['primary']!r}"
+    if not isinstance(best.get("metrics"), dict):
+        return f"metrics is {best.get('metrics')!r}"
+    for metric, entry in best["metrics"].items():
+        number = (int, float)
+        if not (isinstance(entry, dict) and type(entry.get("images_seen")) is int
+                and isinstance(entry.get("value"), number) and not isinstance(entry["value"], bool)):
+            return f"the entry of {metric!r} is {json.dumps(entry)[:80]}"
+    return ""
+
+
 def _append_jsonl(path: Path, records: list[dict]) -> None:
-    with open(path, "a") as out:
-        out.write("".join(json.dumps(record, sort_keys=True) + "\n" for record in records))
+    """Append records, one line each, after dropping a last line cut short by a kill (which
+    readers skip anyway): new lines after it would make it a bad line in the middle."""
+    with open(path, "a+b") as out:
+        size = out.seek(0, os.SEEK_END)
+        if size:
+            out.seek(max(0, size - (1 << 16)))
+            tail = out.read()
+            if not tail.endswith(b"\n"):
+                cut = tail.rfind(b"\n")
+                out.truncate(size - len(tail) + cut + 1 if cut >= 0 or size <= len(tail) else size)
+        out.write("".join(json.dumps(record, sort_keys=True) + "\n" for record in records).encode())
 
 
 def _read_jsonl(path: Path) -> list[dict]:

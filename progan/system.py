@@ -21,6 +21,29 @@ def pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
+def held_interrupts():
+    """Hold Ctrl-C (SIGINT) back inside the block and deliver it at its end (to the handler
+    there was: KeyboardInterrupt, or a trainer's stop request), so files written together (a
+    result line and the summary derived from it) are written together."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):
+        previous(signal.SIGINT, None)
+    elif received and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def held_native_stderr():
     """Hold back what C++ code writes to file descriptor 2 inside the block (TensorFlow's
     start-up lines about oneDNN and CPU features); show it only if the block fails with an

@@ -58,3 +58,21 @@ def run_progan(*args, timeout=300, **kwargs):
 
     return subprocess.run([sys.executable, "-m", "progan", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=kwargs.pop("cwd", REPO), **kwargs)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nobody may write to: a read-only tmpfs for root (whom permissions do not
+    stop), mode 555 otherwise."""
+    import subprocess
+
+    path = tmp_path / "read-only"
+    path.mkdir()
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], check=True)
+        yield path
+        subprocess.run(["umount", str(path)], check=True)
+    else:
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)

@@ -64,3 +64,35 @@ def test_load_config_from_file(tmp_path):
     assert config.model.max_resolution == 16 and config.schedule.batch_sizes == {8: 4}
     with pytest.raises(ConfigError, match="expected a preset"):
         load_config(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("setting, value, expected", [
+    ("training.seed", -1, r"training.seed: expected an integer from 0 to 2147483647"),
+    ("training.seed", 2 ** 40, r"training.seed: expected an integer from 0 to 2147483647"),
+    ("optimizer.freeze_d", 3, r"optimizer.freeze_d: expected fewer than the discriminator's 3 "
+                              r"blocks at max_resolution 16 \(at most 2"),
+])
+def test_values_no_run_can_use_are_refused_before_anything_is_written(setting, value, expected):
+    config = load_config("demo").replace(**{"model.max_resolution": 16})
+    assert config.replace(**{"optimizer.freeze_d": 2}).optimizer.freeze_d == 2
+    with pytest.raises(ConfigError, match=expected):
+        config.replace(**{setting: value})
+
+
+def test_numbers_set_in_python_must_be_finite_too():
+    import dataclasses
+
+    config = load_config("demo")
+    for section, name in (("schedule", "total_kimg"), ("schedule", "g_lr"), ("training", "tick_kimg")):
+        changed = dataclasses.replace(getattr(config, section), **{name: float("inf")})
+        with pytest.raises(ConfigError, match=f"{section}.{name}: expected a finite number, got inf"):
+            dataclasses.replace(config, **{section: changed})
+
+
+def test_a_runs_config_json_is_a_config_file(tmp_path):
+    from progan.run import RunDir, RunInfo
+
+    config = load_config("demo").replace(**{"training.seed": 7})
+    run = RunDir(tmp_path / "run")
+    run.write(RunInfo(config, tmp_path / "data", None))
+    assert load_config(run.config_file) == config

@@ -60,19 +60,18 @@ def test_swd_of_every_snapshot_metrics_files_and_best(tiny_run, tmp_path, capsys
 
 
 def test_fid_needs_inception_unless_random_features_are_chosen(tiny_run, tmp_path, capsys):
+    from progan import cli as progan_cli  # what prints an error as one line
+
     run_dir = copy_run(tiny_run, tmp_path / "run")
-    parser = evaluate_parser()
-    args = parser.parse_args(["evaluate", str(run_dir), "--metrics", "swd,fid", "--num-images", "32"])
     with pytest.raises(SystemExit) as exit_info:
-        args.run(args, parser)
+        progan_cli.main(["evaluate", str(run_dir), "--metrics", "swd,fid", "--num-images", "32"])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and "--inception-weights" in message and \
         "--inception-graph" in message
-    args = parser.parse_args(["evaluate", str(run_dir), "--metrics", "kid",
-                              "--inception-graph", str(tmp_path / "missing.pb")])
     with pytest.raises(SystemExit):
-        args.run(args, parser)
+        progan_cli.main(["evaluate", str(run_dir), "--metrics", "kid",
+                         "--inception-graph", str(tmp_path / "missing.pb")])
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and "--inception-graph" in message and "missing.pb" in message
     with pytest.raises(evaluation.EvaluationError, match="--metrics"):
@@ -199,3 +198,67 @@ def test_a_new_metric_is_one_registration(tiny_run, tmp_path, monkeypatch):
     assert RunDir(run_dir).select_one("best")[0] == chosen["images_seen"]
     with pytest.raises(evaluation.EvaluationError, match=r"expected .*\bswd, msssim, .*\bbrightness"):
         evaluation.parse_metrics("loudness")
+
+
+def test_a_moved_data_set_is_given_with_data_and_checked_by_its_fingerprint(tiny_run, tmp_path, tiny_dataset):
+    import shutil
+
+    from progan import api
+    from progan.dataset.synthetic import ensure_synthetic
+    from progan.run import RunError
+
+    with pytest.raises(RunError, match="no-such-run: does not exist; expected a run directory"):
+        api.evaluate(tmp_path / "no-such-run")
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    stored = json.loads((run_dir / "config.json").read_text())
+    stored["data"]["path"] = str(tmp_path / "gone")
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(evaluation.EvaluationError, match=r"config.json: its data set .*gone is gone; give "
+                       r"where it is now: progan evaluate .* --data DIR"):
+        api.evaluate(run_dir, num_images=16)
+    other = ensure_synthetic(tmp_path / "other", num_images=256, resolution=8, seed=5, workers=1,
+                             progress=False)
+    with pytest.raises(evaluation.EvaluationError, match=r"--data .*other: a different data set"):
+        api.evaluate(run_dir, num_images=16, data=other)
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_dataset, moved)
+    records = api.evaluate(run_dir, num_images=16, data=moved)
+    assert [r["metric"] for r in records] == ["swd"]
+
+
+def test_a_broken_best_json_is_rebuilt_from_metrics_jsonl(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    lines = []
+    evaluation.evaluate_run(run_dir, ["swd"], 16, "0.2", log=lines.append)
+    RunDir(run_dir).best_file.write_text('{"primary": "swd", "metrics": {"swd": null}}')
+    evaluation.evaluate_run(run_dir, ["swd"], 16, "0.304", log=lines.append)
+    assert any("best.json: the entry of 'swd' is null" in line and "rebuilding it from metrics.jsonl"
+               in line for line in lines)
+    best = RunDir(run_dir).read_best()
+    assert best["primary"] == "swd" and best["metrics"]["swd"]["images_seen"] in (200, 304)
+
+
+def test_an_interrupted_evaluate_ends_in_one_line_with_its_files_readable(tiny_run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    process = subprocess.Popen([sys.executable, "-m", "progan", "evaluate", str(run_dir), "--snapshot",
+                                "all", "--num-images", "200"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "metrics.jsonl").exists() and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 130, error[-2000:]
+    assert error.strip().splitlines()[-1] == "progan evaluate: interrupted; what it finished is kept"
+    assert "Traceback" not in error
+    run = RunDir(run_dir)
+    evaluated = {record["images_seen"] for record in run.read_metrics()}
+    assert 0 < len(evaluated) < len(run.snapshots("full"))
+    assert run.read_best()["metrics"]["swd"]["images_seen"] in evaluated

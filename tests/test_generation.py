@@ -144,18 +144,20 @@ def test_interpolate_walks_from_seed_to_seed_and_writes_a_gif(tiny_run, tmp_path
     # GIF palettes quantise colours; the frame is still the seed-1 image
     assert np.abs(first.astype(int) - frames[0]).mean() < 8
 
-    args = parser.parse_args(["interpolate", str(tiny_run), "--seeds", "1", "--out", "x.gif"])
-    with pytest.raises(SystemExit):
-        args.run(args, parser)
-    args = parser.parse_args(["interpolate", str(tiny_run), "--steps", "2",
-                              "--out", str(tmp_path / "walk.mp4")])
+    from progan import cli as progan_cli
+
+    with pytest.raises(SystemExit) as stop:  # the command line prints the error in one line
+        progan_cli.main(["interpolate", str(tiny_run), "--seeds", "1", "--out", "x.gif"])
+    assert stop.value.code == 2
+    command = ["interpolate", str(tiny_run), "--steps", "2", "--out", str(tmp_path / "walk.mp4")]
     try:
         import imageio_ffmpeg  # noqa: F401
     except ImportError:
-        with pytest.raises(SystemExit):
-            args.run(args, parser)
+        with pytest.raises(SystemExit) as stop:
+            progan_cli.main(command)
+        assert stop.value.code == 2
     else:
-        args.run(args, parser)
+        progan_cli.main(command)
         assert (tmp_path / "walk.mp4").stat().st_size > 0
 
 
@@ -175,10 +177,12 @@ def test_generate_command_writes_a_grid_or_a_folder(tiny_run, tmp_path, capsys):
     model = gen.load_generator(tiny_run, "0.304").model
     np.testing.assert_array_equal(np.asarray(Image.open(files[2])), gen.generate(model, [12])[0])
 
-    args = parser.parse_args(["generate", str(tiny_run), "--out", str(tmp_path / "grid.jpg")])
-    with pytest.raises(SystemExit):
-        args.run(args, parser)
-    assert "--out" in capsys.readouterr().err
+    from progan import cli as progan_cli
+
+    with pytest.raises(SystemExit) as stop:
+        progan_cli.main(["generate", str(tiny_run), "--out", str(tmp_path / "grid.jpg")])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and error.count("\n") == 1 and "--out" in error
 
 
 SAVED_MODEL_CHECK = textwrap.dedent("""
@@ -249,3 +253,31 @@ def test_portable_generator_computes_what_the_progan_layers_compute():
             portable = portable_generator(model)
             assert {type(layer).__module__.split(".")[0] for layer in portable.layers} == {"keras"}
             np.testing.assert_allclose(portable(latents).numpy(), model(latents).numpy(), atol=1e-5)
+
+
+def test_enormous_seed_requests_are_refused_with_the_memory_they_need(tiny_run, monkeypatch):
+    from progan import api
+
+    with pytest.raises(ValueError, match="names 10,000,000 seeds; expected at most 1,000,000"):
+        parse_seeds("0-9999999")
+    monkeypatch.setattr(api, "MAX_IMAGE_BYTES", 100 * 8 * 8 * 3)
+    loaded = api.load_generator(tiny_run, "0.304")
+    with pytest.raises(api.ApiError, match=r"--seeds: 101 images of 8x8x3 need 0.0 GiB of memory; at "
+                       r"most 100 per command .* split the seeds"):
+        api.generate(loaded, "0-100")
+    assert len(api.generate(loaded, "0-99")) == 100
+
+
+def test_outputs_in_a_read_only_folder_are_one_line(tiny_run, read_only_dir, capsys):
+    from progan import cli as progan_cli
+
+    for command in (["generate", str(tiny_run), "--seeds", "0-3", "--out", str(read_only_dir / "g.png")],
+                    ["generate", str(tiny_run), "--seeds", "0-3", "--out", str(read_only_dir / "pngs")],
+                    ["interpolate", str(tiny_run), "--out", str(read_only_dir / "walk.gif")],
+                    ["export", str(tiny_run), "--out", str(read_only_dir / "export")]):
+        with pytest.raises(SystemExit) as stop:
+            progan_cli.main(command)
+        error = capsys.readouterr().err
+        assert stop.value.code == 2 and error.count("\n") == 1, error
+        assert error.startswith(f"progan {command[0]}: error: --out ") and "is not writable" in error
+    assert list(read_only_dir.iterdir()) == []

@@ -97,7 +97,8 @@ def test_the_header_names_augmentation_and_warns_where_adaptive_p_cannot_work():
         return _augment_lines(config.loss, config.optimizer)
 
     assert lines() == []
-    fixed = lines(**{"loss.augment": ["translation", "color"], "optimizer.freeze_d": 2})
+    fixed = lines(**{"loss.augment": ["translation", "color"], "optimizer.freeze_d": 2,
+                     "model.max_resolution": 16})
     assert fixed[0].startswith("augment    translation, color on everything D sees, p 1")
     assert fixed[1].startswith("freeze-d   the discriminator's 2 blocks nearest the image")
     adaptive = {"loss.augment": ["cutout"], "loss.augment_target": 0.6}

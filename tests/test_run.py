@@ -197,3 +197,122 @@ def test_data_fingerprint_follows_content_not_place(tmp_path, tiny_dataset):
     level.write_bytes(level.read_bytes()[:-1] + b"\x00")
     with pytest.warns(UserWarning):
         assert data_fingerprint(bare) != first
+
+
+def test_an_append_after_a_cut_last_line_drops_it_instead_of_burying_it(tmp_path):
+    run = make_run(tmp_path)
+    run.append_metrics([{"metric": "swd", "images_seen": 100}])
+    with open(run.metrics_file, "a") as out:
+        out.write('{"metric": "swd", "ima')  # interrupted mid-write
+    run.append_metrics([{"metric": "swd", "images_seen": 200}])
+    assert [r["images_seen"] for r in run.read_metrics()] == [100, 200]
+
+
+def test_output_folders_are_checked_before_anything_is_written(tmp_path, read_only_dir):
+    from progan.run import check_output_dir
+
+    check_output_dir(tmp_path / "new" / "deeper", "--out")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunError, match=r"--out .*file: exists and is not a directory"):
+        check_output_dir(tmp_path / "file", "--out")
+    with pytest.raises(RunError, match=r"--out .*file/run: is inside .*file, which exists and is not"):
+        check_output_dir(tmp_path / "file" / "run", "--out")
+    with pytest.raises(RunError, match=r"--out .*read-only/run: .*read-only is not writable"):
+        check_output_dir(read_only_dir / "run", "--out")
+
+
+def test_a_snapshot_that_cannot_be_written_keeps_the_previous_one(tmp_path, monkeypatch):
+    from progan.errors import Fault
+
+    run = make_run(tmp_path)
+    write_snapshot(run, 100, "full")
+    checkpoint = tf.train.Checkpoint(ema={"layer": {"w": tf.Variable(1.0)}})
+
+    def disk_full(prefix):  # as TensorFlow fails on a full disk: a partial file, then the error
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+        with open(f"{prefix}.index", "wb") as partial:
+            partial.write(b"x")
+        raise tf.errors.ResourceExhaustedError(None, None, f"{prefix}.index; No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write", disk_full)
+    with pytest.raises(Fault, match=r"checkpoints: cannot write snapshot-000000000200 \(.*No space left on "
+                       r"device\); the previous snapshot snapshot-000000000100 is kept; .*progan resume"):
+        run.write_snapshot(200, "full", checkpoint)
+    assert [s.images_seen for s in run.snapshots()] == [100]
+    assert not list(run.checkpoints.glob(".tmp-*"))
+
+
+def test_the_free_space_check_says_what_is_needed(tmp_path):
+    from progan.run import WriteFault, check_free_space
+
+    check_free_space(tmp_path / "not-yet", 1, "one byte")
+    with pytest.raises(WriteFault, match=r"MiB free, a snapshot needs about \d+.\d MiB; free some space"):
+        check_free_space(tmp_path, 1 << 62, "a snapshot")
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("deleted", r"labels.npz: missing; this run is conditional \(3 labels\)"),
+    ("cut in half", r"labels.npz: not a readable label table \(BadZipFile"),
+    ("wrong columns", r"labels.npz: values of shape \[5, 1\], expected \[rows >= 1, 3 columns\]"),
+    ("1-D", r"labels.npz: values of shape \[5\], expected"),
+    ("0 rows", r"labels.npz: values of shape \[0, 3\], expected"),
+    ("names", r"labels.npz: 2 names and kind 'multi_label' for 3 columns"),
+])
+def test_a_damaged_label_table_is_one_line_naming_it(tmp_path, damage, expected):
+    import numpy as np
+
+    from progan.run import LabelTable
+
+    run = make_run(tmp_path)
+    values = np.eye(5, 3, dtype=np.float32)
+    run.write_labels(LabelTable(values, ["a", "b", "c"], "multi_label"))
+    assert run.read_labels(3).names == ["a", "b", "c"]
+    path = run.path / "labels.npz"
+    table = {"values": values, "names": np.array(["a", "b", "c"]), "kind": np.array("multi_label")}
+    if damage == "deleted":
+        path.unlink()
+    elif damage == "cut in half":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        changed = {"wrong columns": {"values": values[:, :1]}, "1-D": {"values": values[:, 0]},
+                   "0 rows": {"values": values[:0]}, "names": {"names": np.array(["a", "b"])}}[damage]
+        with open(path, "wb") as out:
+            np.savez(out, **{**table, **changed})
+    with pytest.raises(RunError, match=expected):
+        run.read_labels(3)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("null", "holds NoneType"),
+    ("[1, 2]", "holds list"),
+    ('{"primary": 3, "metrics": {}}', "primary is 3"),
+    ('{"primary": "swd", "metrics": null}', "metrics is None"),
+    ('{"primary": "swd", "metrics": {"swd": {"value": 1.0}}}', "the entry of 'swd' is"),
+    ('{"primary": "swd", "metrics": {"swd": {"images_seen": "100", "value": 1.0}}}', "the entry of 'swd'"),
+    ("{broken", "not valid JSON"),
+])
+def test_a_best_json_of_the_wrong_shape_is_named_and_never_stops_pruning(tmp_path, capsys, content,
+                                                                         expected):
+    run = make_run(tmp_path)
+    for seen in (100, 200, 300):
+        write_snapshot(run, seen, "full")
+    run.append_metrics([{"metric": "swd", "images_seen": 100, "value": 1.0}])
+    run.best_file.write_text(content)
+    with pytest.raises(RunError, match=f"best.json: .*{expected}.*progan evaluate .* rebuilds it"):
+        run.select_one("best")
+    warnings = []
+    run.prune(keep=1, warn=warnings.append)  # training goes on: the evaluated snapshot is kept
+    assert [s.images_seen for s in run.snapshots("full")] == [100, 300]
+    assert len(warnings) == 1 and "keeping every evaluated snapshot" in warnings[0]
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["generate", str(run.path), "--snapshot", "best", "--out", str(tmp_path / "x.png")])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and error.count("\n") == 1 and "best.json" in error
+
+
+def test_a_path_that_is_no_run_says_so(tmp_path):
+    with pytest.raises(RunError, match="no-such-run: does not exist; expected a run directory"):
+        RunDir(tmp_path / "no-such-run").read()
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(RunError, match=r"folder: not a run directory \(no config.json\)"):
+        RunDir(tmp_path / "folder").read()

@@ -375,6 +375,8 @@ def _damage(run_dir, images_seen, how):
         index.write_bytes(index.read_bytes()[:100])
     elif how == "unreadable snapshot.json":
         (path / "snapshot.json").write_text("{\"format_version\": ")
+    elif how == "missing data":
+        next(path.glob("ckpt.data-*")).unlink()
     elif how == "wrong shapes":  # a checkpoint of the right names from a narrower model
         other = training.Trainer(tiny(**{"model.fmap_max": 8}), REPO, run_dir / "unused")
         RunDir(run_dir).write_snapshot(images_seen, "full", other.state.checkpoint)
@@ -382,7 +384,7 @@ def _damage(run_dir, images_seen, how):
 
 
 @pytest.mark.parametrize("newest, previous", [("truncated data", "unreadable snapshot.json"),
-                                              ("truncated index", "wrong shapes")])
+                                              ("truncated index", "missing data")])
 def test_damaged_snapshots_fall_back_to_the_newest_readable_one(tmp_path, finished_run, capfd,
                                                                 newest, previous):
     run_dir = copy_run(finished_run, tmp_path / "run")
@@ -400,6 +402,55 @@ def test_damaged_snapshots_fall_back_to_the_newest_readable_one(tmp_path, finish
     stats = RunDir(run_dir).read_stats()
     assert [s["tick"] for s in stats] == list(range(len(stats)))
     assert [s["images_seen"] for s in stats] == sorted({s["images_seen"] for s in stats})
+
+
+def test_a_snapshot_that_does_not_fit_the_config_is_a_config_error_not_damage(tmp_path, finished_run):
+    """An edited config.json (here the minibatch-stddev group, which changes the shape of the
+    discriminator's d_4_conv kernel) names the layer and the setting; nothing is set aside,
+    and with the setting put back the run resumes."""
+    from progan.checkpoints import SnapshotMismatchError
+
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    before = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
+    stored = json.loads((run_dir / "config.json").read_text())
+    edited = json.loads(json.dumps(stored))
+    edited["config"]["model"]["mbstd_group_size"] = 0
+    (run_dir / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(SnapshotMismatchError, match=r"discriminator/d_4_conv/kernel is \[3, 3, 17, 16\] "
+                       r"in the snapshot but \[3, 3, 16, 16\].*model.mbstd_group_size"):
+        training.resume(run_dir)
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == before
+    _damage(run_dir, 304, "wrong shapes")  # one snapshot of a narrower model: no fallback either
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(SnapshotMismatchError, match="d_4_conv/bias is \\[8\\] in the snapshot but \\[16\\].*fmap_max"):
+        training.resume(run_dir)
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == before
+
+
+def test_a_run_without_a_readable_snapshot_starts_again_only_when_told(tmp_path, finished_run):
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    run = RunDir(run_dir)
+    ticks = len(run.read_stats())
+    for snapshot in run.snapshots("full"):
+        _damage(run_dir, snapshot.images_seen, "truncated data")
+    with pytest.raises(training.TrainingError, match="no readable snapshot.*all 4 were damaged.*--restart"):
+        training.resume(run_dir)
+    assert len(run.damaged()) == 4 and not run.snapshots("full")
+    for attempt in (lambda: training.resume(run_dir),
+                    lambda: training.train(run.read().config, run.read().data, run_dir)):
+        with pytest.raises(training.TrainingError, match=f"has trained before \\({ticks} tick"
+                           r".*4 network snapshot.*4 damaged.*progan resume .* --restart"):
+            attempt()
+        assert len(run.read_stats()) == ticks and not run.snapshots("full")
+    with pytest.raises(training.TrainingError, match="--restart: .* has a readable snapshot"):
+        training.resume(finished_run, restart=True)
+    result = training.resume(run_dir, restart=True)
+    assert result["images_seen"] == 304
+    aside = list(run_dir.glob("restart-*"))
+    assert len(aside) == 1 and len(RunDir(aside[0]).read_stats()) == ticks
+    assert len(list((aside[0] / "checkpoints").glob("damaged-snapshot-*"))) == 4
+    assert [s["tick"] for s in run.read_stats()] == list(range(ticks))  # written once, not twice
+    assert "--restart: starting" in (run_dir / "log.txt").read_text()
 
 
 def test_a_moved_data_set_is_accepted_a_different_one_refused(tmp_path, finished_run, tiny_dataset):
@@ -522,3 +573,110 @@ def test_stable_lr_rampdown_scales_the_steps_at_the_end_of_stable_phases_only(tm
     state.images_seen.assign(trainer.schedule.start_of(8, fading=True) + 8)  # a fade-in
     trainer.run_iterations(1)
     assert state.d_optimizer.learning_rate.numpy() == pytest.approx(0.008 * 0.5, rel=1e-6)
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_the_retry(tmp_path, finished_run, tiny_dataset,
+                                                             monkeypatch):
+    """Checks come before the first write; a failure after it (here: the loop itself) removes
+    the new run folder, so the corrected command runs."""
+    from progan.config import ConfigError
+
+    out = tmp_path / "tuned"
+    with pytest.raises(training.TrainingError, match="--kimg inf: expected a positive finite number"):
+        training.finetune(finished_run, out, kimg=float("inf"))
+    with pytest.raises(ConfigError, match="optimizer.freeze_d: expected fewer than"):
+        training.finetune(finished_run, out, kimg=0.05, overrides={"optimizer.freeze_d": 99})
+    assert not out.exists()
+
+    def fails(self):
+        self.reporter.log("about to fail")
+        raise RuntimeError("the loop failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training.Trainer, "train", fails)
+        for start in (lambda: training.finetune(finished_run, out, kimg=0.05),
+                      lambda: training.train(tiny(), tiny_dataset, tmp_path / "new")):
+            with pytest.raises(RuntimeError, match="the loop failed"):
+                start()
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        with pytest.raises(RuntimeError, match="the loop failed"):
+            training.train(tiny(), tiny_dataset, empty)
+    assert not out.exists() and not (tmp_path / "new").exists() and list(empty.iterdir()) == []
+    result = training.finetune(finished_run, out, kimg=0.05)
+    assert result["images_seen"] >= 304 + 50 and RunDir(out).read().origin["images_seen"] == 304
+
+
+def test_a_data_set_of_other_channels_is_refused_before_the_run_exists(tmp_path, tiny_dataset):
+    data = tmp_path / "grey"
+    shutil.copytree(tiny_dataset, data)
+    manifest = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**manifest, "channels": 1}))
+    with pytest.raises(training.TrainingError, match="grey: has 1-channel images, expected 3 "
+                       r"\(the model's num_channels"):
+        training.train(tiny(), data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_level_file_cut_while_streaming_ends_training_in_one_line(tmp_path, tiny_dataset, monkeypatch):
+    from progan.dataset import reader
+    from progan.errors import Fault
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    monkeypatch.setenv("PROGAN_DATA_MEMORY_BUDGET", "1K")  # stream from disk
+    load = reader.load
+
+    def load_then_cut(path, resolution, *args, **kwargs):
+        dataset = load(path, resolution, *args, **kwargs)
+        if resolution == 8:
+            level = reader.open_dataset(path).level_files[8]
+            level.write_bytes(level.read_bytes()[:3000])
+        return dataset
+
+    monkeypatch.setattr(reader, "load", load_then_cut)
+    with pytest.raises(Fault, match=r"-r03.tfrecords: ended inside record \d+ \(UnknownError while "
+                       r"training at 8x8\); the snapshot at kimg 0.2 is kept; .*progan resume"):
+        training.train(tiny(), data, tmp_path / "run")
+    assert RunDir(tmp_path / "run").snapshots("full")[-1].images_seen == 200
+
+
+def test_a_full_disk_stops_before_a_snapshot_and_keeps_the_previous_one(tmp_path, tiny_dataset,
+                                                                         monkeypatch):
+    import collections
+
+    from progan import run as runs
+
+    usage = collections.namedtuple("usage", "total used free")
+    free = {"bytes": 1 << 40}
+    monkeypatch.setattr(runs.shutil, "disk_usage", lambda path: usage(0, 0, free["bytes"]))
+    free["bytes"] = 1 << 16
+    with pytest.raises(runs.WriteFault, match=r"0.1 MiB free, a snapshot of this model .* needs about"):
+        training.train(tiny(), tiny_dataset, tmp_path / "never")
+    assert not (tmp_path / "never").exists()  # refused before the first snapshot: nothing left
+
+    written = runs.RunDir.write_snapshot
+
+    def fill_after_the_second(self, images_seen, kind, *args, **kwargs):
+        snapshot = written(self, images_seen, kind, *args, **kwargs)
+        if images_seen >= 104 and kind == "network":
+            free["bytes"] = 1 << 16
+        return snapshot
+
+    free["bytes"] = 1 << 40
+    with monkeypatch.context() as patch:
+        patch.setattr(runs.RunDir, "write_snapshot", fill_after_the_second)
+        with pytest.raises(runs.WriteFault, match=r"the snapshot at kimg 0.2 is not written, the "
+                           r"previous one \(snapshot-000000000104\) is kept; then: progan resume"):
+            training.train(tiny(), tiny_dataset, tmp_path / "run")
+    free["bytes"] = 1 << 40
+    result = training.resume(tmp_path / "run", total_kimg=0.25)
+    assert result["images_seen"] >= 250
+    assert "resumed from snapshot-000000000104" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_freeze_d_that_freezes_a_whole_stage_says_so(tmp_path, tiny_dataset, capfd):
+    training.train(tiny(**{"optimizer.freeze_d": 1, "schedule.total_kimg": 0.1}), tiny_dataset,
+                   tmp_path / "run")
+    assert ("warning: optimizer.freeze_d 1 freezes every discriminator block up to 4x4 (until kimg 0.2)"
+            in capfd.readouterr().err)

@@ -128,7 +128,7 @@ def evaluate_attributes(evaluator, resolution: int, fakes: np.ndarray) -> dict:
     from progan.dataset.reader import read_images, read_labels, open_dataset
     from progan.images import seed_labels
 
-    table = evaluator.run.read_labels()
+    table = evaluator.run.read_labels(evaluator.config.model.label_size)
     requested = seed_labels(range(len(fakes)), table.values)
     data = evaluator.data
 

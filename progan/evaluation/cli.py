@@ -10,20 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _one_line(run):
-    """A command's ``run`` that ends any `ProganError` with one line and status 2 (as
-    `progan.cli.main` does, for callers that use a parser directly)."""
-    def command(args, parser):
-        from progan.errors import ProganError
-
-        try:
-            return run(args, parser)
-        except ProganError as error:
-            parser.exit(2, f"progan {args.command}: error: {error}\n")
-
-    return command
-
-
 def _add_snapshot(parser, default="latest"):
     parser.add_argument("--snapshot", default=default,
                         help=f"latest | best | best:METRIC | NAME (as `ls RUN/checkpoints` shows it, "
@@ -92,7 +78,10 @@ def add_evaluate(subparsers):
                              "original FID code used (default: none)")
     parser.add_argument("--inception-weights", default=None,
                         help="Keras InceptionV3 weights file, or 'imagenet' to download (default: none)")
-    parser.set_defaults(run=_one_line(run_evaluate))
+    parser.add_argument("--data", type=Path, default=None,
+                        help="where the run's data set is now, if it moved (checked against the "
+                             "fingerprint in config.json; default: the recorded path)")
+    parser.set_defaults(run=run_evaluate)
     return parser
 
 
@@ -101,7 +90,7 @@ def run_evaluate(args, parser):
 
     records = api.evaluate(args.run_dir, args.metrics, args.snapshot, args.num_images,
                            args.split, args.seed, args.feature_extractor,
-                           args.inception_weights, args.inception_graph)
+                           args.inception_weights, args.inception_graph, data=args.data)
     from progan.evaluation.run import PLOT_FILE
     from progan.run import RunDir
 
@@ -137,13 +126,14 @@ def add_generate(subparsers):
     _add_snapshot(parser)
     parser.add_argument("--out", type=Path, required=True,
                         help="grid.png (one grid image) or a directory (seedNNNN.png per image)")
-    parser.set_defaults(run=_one_line(run_generate))
+    parser.set_defaults(run=run_generate)
     return parser
 
 
 def run_generate(args, parser):
     from progan import api
 
+    api.check_image_out(args.out)
     loaded = api.load_generator(args.run_dir, args.snapshot, log=print)
     images = api.generate(loaded, args.seeds, args.truncation, args.labels, args.labels_from,
                           out=args.out)
@@ -169,7 +159,7 @@ def add_interpolate(subparsers):
     _add_snapshot(parser)
     parser.add_argument("--out", type=Path, required=True,
                         help="walk.gif (or walk.mp4 with imageio-ffmpeg installed)")
-    parser.set_defaults(run=_one_line(run_interpolate))
+    parser.set_defaults(run=run_interpolate)
     return parser
 
 
@@ -192,7 +182,7 @@ def add_export(subparsers):
     parser.add_argument("run_dir", type=Path, help="run directory")
     _add_snapshot(parser)
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.set_defaults(run=_one_line(run_export))
+    parser.set_defaults(run=run_export)
     return parser
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from progan.errors import ProganError
 from progan.evaluation import registry
-from progan.run import RunDir
+from progan.run import RunDir, RunError
 
 DEFAULT_NUM_IMAGES = 10000  # progan evaluate without --num-images (capped at the real images there are)
 PLOT_FILE = "metrics.png"
@@ -94,18 +94,21 @@ class SnapshotEvaluator:
         log: where result lines and warnings go.
         scalars: ``({"Metrics/<name>": value}, images_seen)`` -> None writing TensorBoard
             scalars (the trainer passes its own); default: an event file in the run directory.
+        data: where the run's data set is now, if it moved (checked by the fingerprint in
+            config.json; default: the recorded path).
     """
 
     def __init__(self, run_dir: Path, metrics=("swd",), num_images: int = 2048,
                  split: str = "test", seed: int = 0, feature_extractor=None,
-                 log: Callable[[str], None] = print, scalars: Callable | None = None):
+                 log: Callable[[str], None] = print, scalars: Callable | None = None,
+                 data: Path | None = None):
         from progan.networks import ProGAN
 
         self.run = RunDir(run_dir)
         self.run_dir = self.run.path
         info = self.run.read()
         self.config = info.config
-        self.data = info.data
+        self.data = self._data_set(info, data)
         self.metrics = parse_metrics(metrics)
         # None: DEFAULT_NUM_IMAGES, or all the real images there are if the data set is smaller
         self._num_images_is_default = num_images is None
@@ -132,6 +135,26 @@ class SnapshotEvaluator:
         self._real_values: dict[tuple, float] = {}
         self.real_split()  # too few real images is an error now, before any work
         self.networks = ProGAN(self.config.model, with_discriminator=False)
+
+    def _data_set(self, info, data: Path | None) -> Path:
+        """The run's data set: ``data`` when it is the same set (by fingerprint), else the
+        recorded path, which must still be there."""
+        from progan.run import data_fingerprint
+
+        if data is None:
+            if not Path(info.data).is_dir():
+                raise EvaluationError(f"{self.run.config_file}: its data set {info.data} is gone; "
+                                      f"give where it is now: progan evaluate {self.run_dir} --data DIR")
+            return info.data
+        data = Path(data)
+        if info.data_fingerprint is not None:
+            fingerprint = data_fingerprint(data)
+            if fingerprint != info.data_fingerprint:
+                raise EvaluationError(
+                    f"--data {data}: a different data set (fingerprint {fingerprint}) from the one "
+                    f"{self.run_dir} trained on ({info.data_fingerprint}, {info.data}); metrics "
+                    "against other images would not compare with the run's")
+        return data
 
     # -- real images ---------------------------------------------------------------------------
 
@@ -250,10 +273,13 @@ class SnapshotEvaluator:
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             self.log(f"{prefix} {name:<7s} {result['value']:.4f}  "
                      f"({records[name]['seconds']:.1f} s)")
-        self.run.append_metrics(list(records.values()))
+        from progan.system import held_interrupts
+
+        with held_interrupts():  # metrics.jsonl and best.json agree even after a Ctrl-C
+            self.run.append_metrics(list(records.values()))
+            update_best(self.run, primary=self.metrics[0], log=self.log)
         self.scalars({f"Metrics/{name}": record["value"] for name, record in records.items()},
                      images_seen)
-        update_best(self.run, primary=self.metrics[0])
         plot_metrics(self.run_dir)
         self.log(f"{prefix} evaluated in {time.time() - started:.1f} s")
         return records
@@ -310,13 +336,18 @@ def evaluate_snapshot(run_dir: Path, images_seen: int, metrics=("swd",), num_ima
 
 def evaluate_run(run_dir: Path, metrics=("swd",), num_images: int = 2048,
                  snapshots: str = "latest", split: str = "test", seed: int = 0,
-                 feature_extractor=None, log: Callable[[str], None] = print) -> list[dict]:
+                 feature_extractor=None, log: Callable[[str], None] = print,
+                 data: Path | None = None) -> list[dict]:
     """Evaluate the snapshots named by ``snapshots`` (``latest``, ``all``, ``best[:metric]``,
-    ``KIMG[,KIMG...]``), oldest first. Returns every record written."""
-    chosen = RunDir(run_dir).select(snapshots)
+    ``KIMG[,KIMG...]``), oldest first, against the run's data set (or ``data``, where it is
+    now). Returns every record written."""
+    run = RunDir(run_dir)
+    run.read()  # a path that is no run says so before "no snapshots"
+    chosen = run.select(snapshots)
     log(f"evaluating {len(chosen)} snapshot(s) at kimg "
         + ", ".join(f"{seen / 1000:g}" for seen in chosen))
-    evaluator = SnapshotEvaluator(run_dir, metrics, num_images, split, seed, feature_extractor, log)
+    evaluator = SnapshotEvaluator(run_dir, metrics, num_images, split, seed, feature_extractor, log,
+                                  data=data)
     from progan.system import duration
 
     records, started = [], time.time()
@@ -340,13 +371,18 @@ def _metric(name: str) -> registry.Metric:
     return registry.METRICS.get(name) or registry.Metric(name, name, compute=None)
 
 
-def update_best(run: RunDir, primary: str | None = None) -> dict:
+def update_best(run: RunDir, primary: str | None = None, log: Callable[[str], None] = print) -> dict:
     """Rewrite ``RUN/checkpoints/best.json`` (atomically) from metrics.jsonl; see the module
     docstring for the choice. Entries of metrics with no record here are kept; ``primary``
-    (default: kept as it was) becomes the run's primary metric."""
+    (default: kept as it was) becomes the run's primary metric. A best.json that cannot be
+    read is rebuilt from metrics.jsonl alone, with a warning through ``log``."""
     on_disk = {snapshot.images_seen for snapshot in run.snapshots()}
     records = run.read_metrics()
-    previous = run.read_best()
+    try:
+        previous = run.read_best()
+    except RunError as error:
+        log(f"warning: {error}; rebuilding it from {run.metrics_file.name}")
+        previous = {"primary": None, "metrics": {}}
     best = previous["metrics"]
     for metric in dict.fromkeys(record["metric"] for record in records):
         of_metric = [r for r in records if r["metric"] == metric]

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 from progan.backend import keras, tf
-from progan.checkpoints import read_snapshot
+from progan.checkpoints import SnapshotUnusable, checkpoint_shapes, read_snapshot
 from progan.config import Config, TrainingConfig
+from progan.errors import Fault
 from progan.images import format_seeds, image_grid, save_png, seed_labels, seed_latents
-from progan.run import FormatError, RunDir, RunError
+from progan.run import FormatError, RunDir, RunError, WriteFault, check_free_space
 from progan.training import distribute, state as states
 from progan.training.report import Reporter, TickClock, TickTimer, plot_curves, startup_summary
 from progan.schedule import Schedule, Stage
@@ -38,6 +39,14 @@ class TrainingError(RunError):
 
 class WorkerLostError(TrainingError):
     """Another worker of a multi-worker job was lost; relaunching the job resumes it."""
+
+
+class DataReadFault(TrainingError, Fault):
+    """A data file could not be read while training (cut short, changed, gone)."""
+
+
+class NoSnapshotError(TrainingError):
+    """A run has full snapshots, but none of them reads (each was set aside as damaged)."""
 
 
 def fakes_name(images_seen: int) -> str:
@@ -156,8 +165,25 @@ class Trainer:
 
     # -- snapshots ---------------------------------------------------------------------------
 
+    def snapshot_bytes(self) -> int:
+        """About what a full and a network snapshot take on disk, with a grid of fakes (at
+        most its raw size) and the curves."""
+        import numpy as np
+
+        values = sum(int(np.prod(shape)) for checkpoint in (self.state.checkpoint,
+                                                             self.state.network_checkpoint)
+                     for shape in checkpoint_shapes(checkpoint).values())
+        model, grid = self.config.model, self.config.training.grid_size
+        return 4 * values + (grid * model.max_resolution) ** 2 * model.num_channels + (256 << 10)
+
+    def check_free_space(self) -> None:
+        """`progan.run.WriteFault` when the run's disk cannot take one more snapshot."""
+        check_free_space(self.run.checkpoints, self.snapshot_bytes(),
+                         f"a snapshot of this model (at {self.run.checkpoints})")
+
     def snapshot(self) -> None:
-        """Full and network snapshots, the fixed-seed grid of the EMA generator, the curves."""
+        """Full and network snapshots, the fixed-seed grid of the EMA generator, the curves.
+        A disk that cannot take them ends training with one line, the previous snapshot kept."""
         images_seen = int(self.state.images_seen.numpy())
         if not self.state.weights_finite():
             self.reporter.log(f"not writing a snapshot at kimg {images_seen / 1000:.1f}: "
@@ -165,9 +191,16 @@ class Trainer:
             return
         if not self.chief:
             return
+        try:
+            self.check_free_space()
+        except WriteFault as error:
+            kept = self.run.snapshots("full")
+            raise WriteFault(f"{error}; the snapshot at kimg {images_seen / 1000:g} is not "
+                             "written" + (f", the previous one ({kept[-1].name}) is kept" if kept
+                                          else "") + f"; then: progan resume {self.run_dir}") from None
         written = self.run.write_snapshot(images_seen, "full", self.state.checkpoint)
         self.run.write_snapshot(images_seen, "network", self.state.network_checkpoint)
-        self.run.prune(self.config.training.keep_checkpoints)
+        self.run.prune(self.config.training.keep_checkpoints, self.reporter.warn)
         latents = seed_latents(self.grid_seeds, self.config.model.latent_size)
         labels = None if self.labels is None else seed_labels(self.grid_seeds, self.labels.values)
         grid = image_grid(self.state.ema_images(latents, self.schedule.stage_at(images_seen), labels),
@@ -183,12 +216,15 @@ class Trainer:
     def restore(self, images_seen: int | None = None, run: RunDir | None = None) -> int:
         """Load a full snapshot of ``run`` (default: this run) and return its images seen.
 
-        Without ``images_seen``: the newest snapshot that reads completely; each one that does
-        not is named in the log and on stderr, set aside as ``damaged-<name>`` and the previous
-        one is tried. With ``images_seen`` (fine-tuning): exactly that snapshot, or an error.
+        Without ``images_seen``: the newest snapshot that reads completely; each damaged one
+        (a file missing, cut short or failing its checksum) is named in the log and on
+        stderr, set aside as ``damaged-<name>`` and the previous one is tried. A snapshot
+        that does not fit the config, or one from a newer progan, stops the restore with
+        nothing renamed. With ``images_seen`` (fine-tuning): exactly that snapshot, or an error.
         """
         run = run or self.run
-        for path in run.remove_stale_temporaries() if self.chief else ():
+        # (a fine-tuning source is only read: its temporaries are its own trainer's business)
+        for path in run.remove_stale_temporaries() if run is self.run and self.chief else ():
             self.reporter.warn(f"removed {path}, a snapshot left unfinished by a killed process")
         snapshots = run.snapshots("full")
         if images_seen is not None:
@@ -200,7 +236,7 @@ class Trainer:
         for snapshot in reversed(snapshots):
             try:
                 read_snapshot(snapshot, self.state.readable_formats)
-            except FormatError:
+            except (FormatError, SnapshotUnusable):
                 raise
             except RunError as error:
                 moved = run.set_aside(snapshot) if self.chief else snapshot.path
@@ -215,8 +251,10 @@ class Trainer:
                 self.next_tick = run.rewind_stats(seen)
             self.reporter.log(f"resumed from {snapshot.name} at kimg {seen / 1000:.1f}")
             return seen
-        raise TrainingError(f"{run.path}: no readable snapshot to resume from"
-                            + (" (the damaged ones were set aside)" if snapshots else ""))
+        raise NoSnapshotError(f"{run.path}: no readable snapshot to resume from"
+                            + (f" (all {len(snapshots)} were damaged and are set aside as "
+                               "damaged-*); to start the run again from kimg 0: progan resume "
+                               f"{run.path} --restart" if snapshots else ""))
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -237,6 +275,7 @@ class Trainer:
             if not self.run.snapshots("full"):
                 self.state.enter_stage(self.schedule.stage_at(images_seen))
                 self.snapshot()
+            self._warn_frozen_stages(images_seen)
             self.reporter.log(
                 f"training {self.run_dir} from kimg {images_seen / 1000:.1f} to "
                 f"{self.schedule.total_kimg:.1f} on {self.strategy.num_replicas_in_sync} replica(s), "
@@ -288,7 +327,10 @@ class Trainer:
                 horizon = min(stage_end, clock.start_images + tick_images, last_snapshot + snapshot_images)
                 steps = max(1, min(steps_per_call, math.ceil((horizon - images_seen) / stage.batch_size)))
                 call_start = time.time()
-                step(iterator, tf.constant(steps, tf.int64))
+                try:
+                    step(iterator, tf.constant(steps, tf.int64))
+                except tf.errors.OpError as error:
+                    raise self._data_fault(error, stage, last_snapshot) or error
                 seconds = time.time() - call_start
                 if first_call:
                     clock.compile += seconds
@@ -319,6 +361,29 @@ class Trainer:
         signal only some), agreed by all, so that every worker stops after the same iteration."""
         self._stopping = self._agree_stop(self._stop_requested)
         return self._stopping
+
+    def _data_fault(self, error, stage: Stage, last_snapshot: int) -> DataReadFault | None:
+        """The `DataReadFault` of a compiled call that failed reading the data set (a level
+        file cut short or changed under the streaming reader), naming the file; None for
+        any other error."""
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # the streaming reader's own words, raised inside the graph's input function
+        said = [line.split("DatasetError: ", 1)[1] for line in lines if "DatasetError: " in line]
+        if not (said or isinstance(error, (tf.errors.DataLossError, tf.errors.OutOfRangeError))
+                or any("record" in line.lower() for line in lines)):
+            return None
+        from progan.dataset.format import find_level_files
+
+        try:
+            level = find_level_files(self.data).get(stage.resolution, self.data)
+        except OSError:
+            level = self.data
+        detail = said[0] if said else (f"{level}: " + next(
+            (line for line in lines if "record" in line.lower()), lines[0] if lines else "")[:160])
+        return DataReadFault(
+            f"{detail} ({type(error).__name__} while training at {stage.resolution}x"
+            f"{stage.resolution}); the snapshot at kimg {last_snapshot / 1000:g} is kept; repair "
+            f"or rebuild the data set, then: progan resume {self.run_dir}")
 
     def _roll_back(self, rollbacks: dict) -> int:
         latest = self.run.snapshots("full")[-1].images_seen
@@ -359,6 +424,19 @@ class Trainer:
         if first_estimate:
             self.reporter.log(first_estimate)
         return stats
+
+    def _warn_frozen_stages(self, images_seen: int) -> None:
+        """FreezeD with as many blocks as a stage has freezes that stage's whole
+        discriminator: it would train G against a fixed D there, so say so at the start."""
+        freeze_d = self.config.optimizer.freeze_d
+        frozen = [stage for stage in self.schedule.stages() if stage.end_images > images_seen
+                  and stage.resolution.bit_length() - 2 <= freeze_d]
+        if freeze_d and frozen:
+            last = frozen[-1]
+            self.reporter.warn(
+                f"warning: optimizer.freeze_d {freeze_d} freezes every discriminator block up to "
+                f"{last.resolution}x{last.resolution} (until kimg {last.end_images / 1000:g}): "
+                "D does not learn there")
 
     def _summarise(self) -> None:
         """The start-up summary: in the log, on stdout and as TensorBoard text."""

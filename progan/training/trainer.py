@@ -12,13 +12,16 @@ life. The loop itself is `progan.training.loop.Trainer`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
+import shutil
 from pathlib import Path
 
 from progan.config import Config
-from progan.run import RunDir, RunInfo, data_fingerprint
+from progan.run import RunDir, RunInfo, check_output_dir, data_fingerprint
 from progan.training import distribute
-from progan.training.loop import Trainer, TrainingError, check_batches
+from progan.training.loop import NoSnapshotError, Trainer, TrainingError, check_batches
 from progan.training.report import Reporter
 from progan.schedule import Schedule
 
@@ -26,11 +29,43 @@ __all__ = ["Trainer", "TrainingError", "check_batches", "check_data", "condition
            "finetune", "resume", "train"]
 
 
+def make_strategy(name: str):
+    """`distribute.make_strategy`, with a strategy the machine cannot give (no TPU, a
+    cluster that does not answer) as one `TrainingError` line."""
+    try:
+        return distribute.make_strategy(name)
+    except distribute.DistributeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - TensorFlow's resolvers raise many kinds
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise TrainingError(f"--strategy {name}: not available here ({type(error).__name__}: "
+                            f"{first}); choose one, mirrored or auto") from None
+
+
+def check_channels(data: Path, info, config: Config) -> None:
+    """The data set's images have the model's channel count (1 or 3): from what the reader
+    found in the records when it says, else from dataset.json, else (a reference-tool data
+    set) from its first image."""
+    from progan.dataset.reader import read_images
+
+    channels = getattr(info, "channels", None)
+    if channels is None and info.manifest is not None:
+        channels = info.manifest.get("channels", 3)
+    if channels is None and info.level_files and info.train_count:
+        channels = int(read_images(data, min(info.level_files), "train", 1).shape[-1])
+    if channels is not None and channels != config.model.num_channels:
+        raise TrainingError(f"--data {data}: has {channels}-channel images, expected "
+                            f"{config.model.num_channels} (the model's num_channels; set "
+                            f"model.num_channels {channels} in --config to train on it)")
+
+
 def check_data(data: Path, config: Config, schedule: Schedule) -> str:
-    """The data set has every level the config trains on; returns its fingerprint."""
+    """The data set has the model's channels and every level the config trains on; returns
+    its fingerprint."""
     from progan.dataset.reader import open_dataset
 
     info = open_dataset(data)
+    check_channels(data, info, config)
     needed = schedule.stages()
     missing = sorted({stage.resolution for stage in needed} - set(info.level_files))
     if missing:
@@ -59,11 +94,32 @@ def conditional_config(config: Config, data: Path) -> Config:
 
 
 def _check_new_run_dir(run: RunDir, flag: str) -> None:
-    if run.path.exists() and not run.path.is_dir():
-        raise TrainingError(f"{flag} {run.path}: exists and is not a directory")
+    check_output_dir(run.path, flag)
     if run.path.is_dir() and not run.exists() and any(
             path.name != ".lock" for path in run.path.iterdir()):
         raise TrainingError(f"{flag} {run.path}: exists and is not a run directory; choose another")
+
+
+@contextlib.contextmanager
+def _undone_on_failure(run: RunDir):
+    """A new run directory that a failure before its first snapshot leaves as it was: removed
+    when this made it, emptied of what this wrote when it was an empty folder, so the same
+    command (corrected) can be run again."""
+    existed = run.path.exists()
+    before = set(run.path.iterdir()) if existed else set()
+    try:
+        yield
+    except BaseException:
+        if not run.snapshots():
+            if not existed:
+                shutil.rmtree(run.path, ignore_errors=True)
+            elif run.path.is_dir():
+                for path in set(run.path.iterdir()) - before:
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+        raise
 
 
 def _matching_data(run: RunDir, info: RunInfo, data: Path | None, allow_different: bool,
@@ -99,7 +155,7 @@ def train(config: Config, data: Path, run_dir: Path, strategy=None, callbacks=()
     ``callbacks``: see `Trainer` (called on the chief after every snapshot)."""
     run = RunDir(run_dir)
     schedule = Schedule.of(config)
-    strategy = strategy or distribute.make_strategy(config.training.strategy)
+    strategy = strategy or make_strategy(config.training.strategy)
     check_batches(config, strategy, schedule)
     fingerprint = check_data(data, config, schedule)
     if not distribute.is_chief(strategy):  # workers write nothing; the chief checks and writes
@@ -120,7 +176,7 @@ def train(config: Config, data: Path, run_dir: Path, strategy=None, callbacks=()
                 f"{run.path} trains on ({info.data_fingerprint}, {info.data}); choose another --out")
         return resume(run.path, data, strategy=strategy, callbacks=callbacks)
     _check_new_run_dir(run, "--out")
-    with run.lock("progan train"):
+    with _undone_on_failure(run), run.lock("progan train"):
         if run.exists():
             raise TrainingError(f"--out {run.path}: another process started this run just now")
         run.write(RunInfo(config, Path(data).resolve(), fingerprint))
@@ -128,17 +184,19 @@ def train(config: Config, data: Path, run_dir: Path, strategy=None, callbacks=()
 
 
 def resume(run_dir: Path, data: Path | None = None, allow_different_data: bool = False,
-           strategy=None, callbacks=(), total_kimg: float | None = None) -> dict:
+           strategy=None, callbacks=(), total_kimg: float | None = None,
+           restart: bool = False) -> dict:
     """Continue a run from its newest readable snapshot; ``data``: where its data set is now;
-    ``total_kimg``: train it to this many kimg instead (recorded in config.json)."""
+    ``total_kimg``: train it to this many kimg instead (recorded in config.json);
+    ``restart``: start a run that has no readable full snapshot again from kimg 0."""
     run = RunDir(run_dir)
     info = run.read()
     config = info.config if total_kimg is None else _extended(run, info.config, total_kimg)
     schedule = Schedule.of(config)
-    strategy = strategy or distribute.make_strategy(config.training.strategy)
+    strategy = strategy or make_strategy(config.training.strategy)
     check_batches(config, strategy, schedule)
     if not distribute.is_chief(strategy):
-        return _train(config, data or info.data, run, strategy, schedule, callbacks)
+        return _train(config, data or info.data, run, strategy, schedule, callbacks, restart)
     with run.lock("progan resume"):
         info = run.read()
         if config != info.config:
@@ -148,7 +206,7 @@ def resume(run_dir: Path, data: Path | None = None, allow_different_data: bool =
             run.write(info)
         info = _matching_data(run, info, data, allow_different_data, Reporter(run).warn,
                               schedule)
-        return _train(info.config, info.data, run, strategy, schedule, callbacks)
+        return _train(info.config, info.data, run, strategy, schedule, callbacks, restart)
 
 
 def _extended(run: RunDir, config: Config, total_kimg: float) -> Config:
@@ -166,10 +224,35 @@ def _extended(run: RunDir, config: Config, total_kimg: float) -> Config:
 
 
 def _train(config: Config, data: Path, run: RunDir, strategy, schedule: Schedule,
-           callbacks) -> dict:
+           callbacks, restart: bool = False) -> dict:
+    """Restore the newest readable snapshot and train on. A run with no readable full
+    snapshot starts from kimg 0 only when it is new, or when ``restart`` says so: then what
+    the earlier start wrote is moved aside first (`RunDir.move_aside_for_restart`)."""
     trainer = Trainer(config, data, run, strategy, schedule, callbacks)
-    if run.snapshots("full"):
-        trainer.restore()
+    if trainer.chief:
+        trainer.check_free_space()
+    try:
+        if run.snapshots("full"):
+            seen = trainer.restore()
+            if restart:
+                raise TrainingError(f"--restart: {run.path} has a readable snapshot (kimg "
+                                    f"{seen / 1000:g}); it resumes without --restart, and a run "
+                                    "started afresh goes into a new directory")
+            return trainer.train()
+    except NoSnapshotError:
+        if not restart:
+            raise
+    found = run.earlier_training() if trainer.chief else []
+    if found and not restart:
+        raise TrainingError(
+            f"{run.path}: has no readable full snapshot but has trained before ("
+            + "; ".join(found) + "); it does not start again from kimg 0 on its own. To do so "
+            f"(those files are moved into a restart-* folder): progan resume {run.path} --restart")
+    if found:
+        aside, moved = run.move_aside_for_restart()
+        trainer.reporter.warn(f"--restart: starting {run.path} again from kimg 0; moved "
+                              f"{len(moved)} file(s) and folder(s) of the earlier start ("
+                              + "; ".join(found) + f") into {aside}")
     return trainer.train()
 
 
@@ -180,10 +263,7 @@ def check_finetune_data(data: Path, config: Config, start: int, schedule: Schedu
     from progan.dataset.reader import open_dataset
 
     info = open_dataset(data)
-    channels = (info.manifest or {}).get("channels", 3)
-    if channels != config.model.num_channels:
-        raise TrainingError(f"--data {data}: has {channels}-channel images, expected "
-                            f"{config.model.num_channels} (the model's num_channels)")
+    check_channels(data, info, config)
     stage = schedule.stage_at(start)
     needed = sorted({s.resolution for s in schedule.stages() if s.end_images > start})
     missing = [r for r in needed if r not in info.level_files]
@@ -214,11 +294,13 @@ def finetune(run_dir: Path, out: Path, snapshot: str = "latest", lr_scale: float
     source = RunDir(run_dir)
     info = source.read()
     target = RunDir(out)
+    check_output_dir(target.path, "--out")
     if target.exists() or (target.path.exists() and any(target.path.iterdir())):
         raise TrainingError(f"--out {target.path}: exists; choose a new directory for the "
                             "fine-tuning run")
-    if not (lr_scale > 0 and kimg > 0):
-        raise TrainingError(f"--lr-scale {lr_scale} --kimg {kimg}: expected positive numbers")
+    for flag, value in (("--lr-scale", lr_scale), ("--kimg", kimg)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise TrainingError(f"{flag} {value}: expected a positive finite number")
     start, chosen = source.select_one(snapshot, kind="full")
     print(f"progan finetune: starting from {chosen} of {source.path}", flush=True)
     base = info.config
@@ -230,7 +312,7 @@ def finetune(run_dir: Path, out: Path, snapshot: str = "latest", lr_scale: float
     if overrides:
         config = config.replace(**overrides)
     schedule = Schedule.of(config)
-    strategy = strategy or distribute.make_strategy(config.training.strategy)
+    strategy = strategy or make_strategy(config.training.strategy)
     check_batches(config, strategy, schedule)
     origin = {"run": str(source.path.resolve()), "images_seen": start, "kimg": start / 1000,
               "snapshot": snapshot, "lr_scale": lr_scale, "reset_optimizer": reset_optimizer,
@@ -244,10 +326,13 @@ def finetune(run_dir: Path, out: Path, snapshot: str = "latest", lr_scale: float
         fingerprint = check_finetune_data(data, config, start, schedule)
         origin.update({"source_data": str(info.data), "new_data": str(data),
                        "new_data_fingerprint": fingerprint})
-    with target.lock("progan finetune"):
+    # Everything that can fail on what was asked (the snapshot, labels, free space) before
+    # the new run directory exists; a failure after it leaves none behind.
+    trainer = Trainer(config, data, target, strategy, schedule, callbacks)
+    trainer.restore(start, run=source)
+    trainer.check_free_space()
+    with _undone_on_failure(target), target.lock("progan finetune"):
         target.write(RunInfo(config, data, fingerprint, origin))
-        trainer = Trainer(config, data, target, strategy, schedule, callbacks)
-        trainer.restore(start, run=source)
         trainer.state.optimizer_stage.assign(trainer.schedule.stage_at(start).index)
         if reset_optimizer:
             trainer.state.reset_optimizers()
