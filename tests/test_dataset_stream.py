@@ -88,9 +88,11 @@ def test_environment_budget_and_bad_values(dataset, monkeypatch):
     assert not uses_memory(dataset, RES)
     monkeypatch.setenv(reader.BUDGET_ENV, "1G")
     assert uses_memory(dataset, RES)
-    monkeypatch.setenv(reader.BUDGET_ENV, "lots")
-    with pytest.raises(DatasetError, match="PROGAN_DATA_MEMORY_BUDGET 'lots': expected a number of bytes"):
-        load(dataset, RES)
+    for bad in ("lots", "inf", "nan", "1e30G"):  # never an OverflowError or a NaN budget
+        monkeypatch.setenv(reader.BUDGET_ENV, bad)
+        with pytest.raises(DatasetError, match=f"PROGAN_DATA_MEMORY_BUDGET '{bad}': expected a "
+                                               "number of bytes"):
+            load(dataset, RES)
     monkeypatch.delenv(reader.BUDGET_ENV)
     with pytest.raises(DatasetError, match="batch_size a multiple of shard_count"):
         load(dataset, RES, batch_size=6, shard_index=0, shard_count=4)

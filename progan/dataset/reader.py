@@ -444,7 +444,7 @@ def parse_bytes(text, what=BUDGET_ENV):
         number = float(value)
     except ValueError:
         number = -1
-    if not number >= 0:
+    if not (number >= 0 and number * scale < 2 ** 63):  # no inf, no NaN, no overflow
         raise DatasetError(f"{what} {text!r}: expected a number of bytes such as 2G, 512M or 1000000")
     return int(number * scale)
 
