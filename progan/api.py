@@ -155,14 +155,18 @@ def train(data=None, out=None, config=None, conditional: bool = False,
 
 
 def resume(run, data=None, allow_different_data: bool = False, total_kimg: float | None = None,
-           gpus: int | None = None, restart: bool = False) -> dict:
+           gpus: int | None = None, restart: bool = False,
+           max_resolution: int | None = None) -> dict:
     """Continue a run from its newest readable snapshot.
 
     Args:
         run: the run directory (its config.json holds every setting).
         data: where the run's data set is now, if it moved (checked by fingerprint).
         allow_different_data: continue on a ``data`` set with another fingerprint.
-        total_kimg: extend (or shorten) the run to this many kimg; recorded in config.json.
+        total_kimg: extend the run to this many kimg; recorded in config.json.
+        max_resolution: grow the run on to this resolution (new blocks fade in after the
+            last stage, to the new top's stable end unless ``total_kimg`` says); the data set
+            needs the new levels; recorded in config.json.
         gpus: train on the first this many visible GPUs (of each worker); default: all.
         restart: start a run that has no readable full snapshot again from kimg 0 (what its
             earlier start wrote is moved into a restart-* folder); never needed otherwise.
@@ -174,7 +178,8 @@ def resume(run, data=None, allow_different_data: bool = False, total_kimg: float
     config = RunDir(run).read().config
     return trainer.resume(run, None if data is None else Path(data), allow_different_data,
                           strategy=_strategy(config, gpus), callbacks=_callbacks(run, config),
-                          total_kimg=total_kimg, restart=restart)
+                          total_kimg=total_kimg, restart=restart,
+                          max_resolution=max_resolution)
 
 
 def finetune(run, out, kimg: float, snapshot: str = "latest", lr_scale: float = 0.8,

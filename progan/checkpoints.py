@@ -19,6 +19,8 @@ read through `legacy_checkpoint`, which lists the variables in that version's or
 
 from __future__ import annotations
 
+import re
+
 from progan.backend import tf
 from progan.run import RunError, Snapshot
 
@@ -108,19 +110,44 @@ def optimizer_slots(optimizer, named_weights: dict) -> dict:
     return {"iterations": optimizer.iterations, **moments}
 
 
-def full_checkpoint(networks, ema, g_optimizer, d_optimizer, counters: dict) -> tf.train.Checkpoint:
-    """The full training state (see the module docstring for its keys)."""
-    generator = networks.named_weights("generator")
-    discriminator = networks.named_weights("discriminator")
+LAYER_RESOLUTION = re.compile(r"^(?:g|d|to_rgb|from_rgb)_(\d+)_?")
+
+
+def grown_layers(keys, layers) -> frozenset:
+    """The ``layers`` of resolutions above every one a snapshot holds (``keys``: its variable
+    names): what a run grown to a higher ``model.max_resolution`` has added since (they start
+    from their initial values, their Adam state from zero)."""
+    def resolution(layer):
+        found = LAYER_RESOLUTION.match(layer)
+        return int(found.group(1)) if found else 0
+
+    held = [resolution(key.split("/")[1]) for key in keys
+            if key.split("/")[0] in ("generator", "ema") and key.count("/") > 1]
+    top = max(held, default=0)
+    return frozenset(layer for layer in layers if top and resolution(layer) > top)
+
+
+def _without(named: dict, skip) -> dict:
+    return {layer: weights for layer, weights in named.items() if layer not in skip}
+
+
+def full_checkpoint(networks, ema, g_optimizer, d_optimizer, counters: dict,
+                    skip=frozenset()) -> tf.train.Checkpoint:
+    """The full training state (see the module docstring for its keys), without the layers
+    in ``skip`` (`grown_layers`)."""
+    generator = _without(networks.named_weights("generator"), skip)
+    discriminator = _without(networks.named_weights("discriminator"), skip)
     return tf.train.Checkpoint(
-        generator=generator, discriminator=discriminator, ema=ema.named_weights("generator"),
+        generator=generator, discriminator=discriminator,
+        ema=_without(ema.named_weights("generator"), skip),
         g_optimizer=optimizer_slots(g_optimizer, generator),
         d_optimizer=optimizer_slots(d_optimizer, discriminator), counters=dict(counters))
 
 
-def network_checkpoint(ema) -> tf.train.Checkpoint:
-    """The EMA generator alone (what evaluation, generation and export read)."""
-    return tf.train.Checkpoint(ema=ema.named_weights("generator"))
+def network_checkpoint(ema, skip=frozenset()) -> tf.train.Checkpoint:
+    """The EMA generator alone (what evaluation, generation and export read), without the
+    layers in ``skip``."""
+    return tf.train.Checkpoint(ema=_without(ema.named_weights("generator"), skip))
 
 
 def legacy_checkpoint(networks, ema, g_optimizer, d_optimizer, counters: dict,
@@ -184,6 +211,9 @@ def _read_error(snapshot: Snapshot, error: Exception) -> RunError:
 def read_ema(snapshot: Snapshot, ema) -> dict:
     """Read only the EMA generator of a full or network snapshot into ``ema`` (a
     ``ProGAN(..., with_discriminator=False)``)."""
-    return read_snapshot(snapshot, {2: network_checkpoint(ema),
+    def for_keys(keys):  # a snapshot from before the run grew lacks the new layers
+        return network_checkpoint(ema, grown_layers(keys, ema.named_weights("generator")))
+
+    return read_snapshot(snapshot, {2: for_keys,
                                     1: tf.train.Checkpoint(ema=list(ema.generator_variables()))},
                          partial=True)

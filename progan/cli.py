@@ -153,6 +153,10 @@ def _add_resume(subparsers):
     parser.add_argument("--total-kimg", type=float, default=None,
                         help="train the run to this many kimg (e.g. to extend a finished run); "
                              "recorded in its config.json (default: the run's own)")
+    parser.add_argument("--max-resolution", type=int, default=None,
+                        help="grow the run on to this resolution (its new blocks fade in after "
+                             "the last stage; the data set needs the new levels); recorded in "
+                             "its config.json (default: the run's own)")
     _add_gpus(parser)
     parser.add_argument("--restart", action="store_true",
                         help="start a run that has no readable full snapshot (all damaged) again "
@@ -165,7 +169,7 @@ def _run_resume(args, parser):
     from progan import api
 
     result = api.resume(args.run_dir, args.data, args.allow_different_data, args.total_kimg,
-                        args.gpus, args.restart)
+                        args.gpus, args.restart, args.max_resolution)
     _print_result(result, args.run_dir)
 
 

@@ -6,7 +6,8 @@ What its checkpoints hold and how a snapshot is read back is `progan.checkpoints
 from __future__ import annotations
 
 from progan.backend import tf
-from progan.checkpoints import full_checkpoint, legacy_checkpoint, network_checkpoint
+from progan.checkpoints import (full_checkpoint, grown_layers, legacy_checkpoint,
+                                network_checkpoint)
 
 
 class TrainingState:
@@ -84,14 +85,17 @@ class TrainingState:
     def _checkpoint_for(self, keys: set) -> tf.train.Checkpoint:
         """The full checkpoint with the augmentation counters that a snapshot holds (a run
         without augmentation, or written before it existed, has none); those it lacks start
-        from `augment_defaults`."""
+        from `augment_defaults`. Layers of resolutions the snapshot predates (a run grown to
+        a higher max_resolution) keep their initial values."""
         present = {name: variable for name, variable in self.augment.items()
                    if any(key.startswith(f"counters/{name}/") for key in keys)}
         defaults = self.augment_defaults()
         for name in self.augment.keys() - present.keys():
             self.augment[name].assign(defaults[name])
+        layers = {**self.networks.named_weights("generator"),
+                  **self.networks.named_weights("discriminator")}
         return full_checkpoint(self.networks, self.ema, self.g_optimizer, self.d_optimizer,
-                               {**self._counters, **present})
+                               {**self._counters, **present}, grown_layers(keys, layers))
 
     def set_labels(self, values, strategy) -> None:
         """The label table [N, L] the fakes' labels are drawn from (not checkpointed: it is

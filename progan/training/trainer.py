@@ -185,13 +185,14 @@ def train(config: Config, data: Path, run_dir: Path, strategy=None, callbacks=()
 
 def resume(run_dir: Path, data: Path | None = None, allow_different_data: bool = False,
            strategy=None, callbacks=(), total_kimg: float | None = None,
-           restart: bool = False) -> dict:
+           restart: bool = False, max_resolution: int | None = None) -> dict:
     """Continue a run from its newest readable snapshot; ``data``: where its data set is now;
-    ``total_kimg``: train it to this many kimg instead (recorded in config.json);
-    ``restart``: start a run that has no readable full snapshot again from kimg 0."""
+    ``total_kimg``: train it to this many kimg instead; ``max_resolution``: grow it on to this
+    resolution (both recorded in config.json); ``restart``: start a run that has no readable
+    full snapshot again from kimg 0."""
     run = RunDir(run_dir)
     info = run.read()
-    config = info.config if total_kimg is None else _extended(run, info.config, total_kimg)
+    config = _extended(run, info.config, total_kimg, max_resolution)
     schedule = Schedule.of(config)
     strategy = strategy or make_strategy(config.training.strategy)
     check_batches(config, strategy, schedule)
@@ -200,8 +201,12 @@ def resume(run_dir: Path, data: Path | None = None, allow_different_data: bool =
     with run.lock("progan resume"):
         info = run.read()
         if config != info.config:
-            Reporter(run).log(f"the run now ends at kimg {schedule.total_kimg:g} (was "
-                              f"{Schedule.of(info.config).total_kimg:g}), as --total-kimg says")
+            before = info.config
+            Reporter(run).log(
+                f"the run now ends at kimg {schedule.total_kimg:g} at {config.model.max_resolution}x"
+                f"{config.model.max_resolution} (was {Schedule.of(before).total_kimg:g} at "
+                f"{before.model.max_resolution}x{before.model.max_resolution}), as "
+                "--total-kimg / --max-resolution say")
             info = dataclasses.replace(info, config=config)
             run.write(info)
         info = _matching_data(run, info, data, allow_different_data, Reporter(run).warn,
@@ -209,18 +214,37 @@ def resume(run_dir: Path, data: Path | None = None, allow_different_data: bool =
         return _train(info.config, info.data, run, strategy, schedule, callbacks, restart)
 
 
-def _extended(run: RunDir, config: Config, total_kimg: float) -> Config:
-    """``config`` ending at ``total_kimg``: later than the newest snapshot of the run."""
+def _extended(run: RunDir, config: Config, total_kimg: float | None,
+              max_resolution: int | None) -> Config:
+    """``config`` grown to ``max_resolution`` (its schedule then runs to the new top's stable
+    end unless ``total_kimg`` says) and ending at ``total_kimg``, which must lie past the
+    newest snapshot of the run."""
     import math
 
-    if not (isinstance(total_kimg, (int, float)) and math.isfinite(total_kimg) and total_kimg > 0):
-        raise TrainingError(f"--total-kimg {total_kimg}: expected a positive number of kimg")
+    overrides = {}
+    if max_resolution is not None and max_resolution != config.model.max_resolution:
+        if not max_resolution > config.model.max_resolution:
+            raise TrainingError(
+                f"--max-resolution {max_resolution}: {run.path} already trains to "
+                f"{config.model.max_resolution}x{config.model.max_resolution}; a run can grow, "
+                "not shrink (fine-tune into a new run for anything else)")
+        overrides = {"model.max_resolution": max_resolution, "schedule.total_kimg": None}
+    if total_kimg is not None:
+        if not (isinstance(total_kimg, (int, float)) and math.isfinite(total_kimg)
+                and total_kimg > 0):
+            raise TrainingError(f"--total-kimg {total_kimg}: expected a positive number of kimg")
+        overrides["schedule.total_kimg"] = float(total_kimg)
+    if not overrides:
+        return config
+    extended = config.replace(**overrides)
     snapshots = run.snapshots("full")
     reached = snapshots[-1].images_seen / 1000 if snapshots else 0.0
-    if total_kimg <= reached:
-        raise TrainingError(f"--total-kimg {total_kimg:g}: {run.path} is already at kimg "
-                            f"{reached:g}; expected more")
-    return config.replace(**{"schedule.total_kimg": float(total_kimg)})
+    if Schedule.of(extended).total_kimg <= reached:
+        flag = (f"--total-kimg {total_kimg:g}" if total_kimg is not None
+                else f"--max-resolution {max_resolution}")
+        raise TrainingError(f"{flag}: {run.path} is already at kimg {reached:g}, and the run "
+                            f"would end at kimg {Schedule.of(extended).total_kimg:g}; expected more")
+    return extended
 
 
 def _train(config: Config, data: Path, run: RunDir, strategy, schedule: Schedule,
