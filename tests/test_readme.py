@@ -126,10 +126,11 @@ def make_kaggle_celeba(root, count=32):
 
 # Every command README shows, in its order and word for word but small: the demo cut to 0.3
 # kimg, a 32-image Kaggle-layout CelebA folder instead of 202,599 photos, the demo's widths at
-# 8x8 instead of celeba64's 448 MB snapshots, a 0.1-kimg fine-tune.
+# 8x8 instead of celeba64's 448 MB snapshots, a 0.1-kimg fine-tune (plan runs as shown).
 README_SUBSTITUTIONS = (
     ("~/data/celeba", "celeba --max-images 32"),
-    ("--config celeba64", "--config demo --max-resolution 8 --total-kimg 0.2"),
+    ("--out runs/celeba64 --config celeba64",
+     "--out runs/celeba64 --config demo --max-resolution 8 --total-kimg 0.2"),
     ("--total-kimg 8000", "--total-kimg 0.3"),
     ("--kimg 2000", "--kimg 0.1"),
 )
