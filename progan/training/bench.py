@@ -17,6 +17,9 @@ process (chained 2048 x 2048 products on the same device).
 
 from __future__ import annotations
 
+import os
+import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -62,6 +65,57 @@ def iteration_flops(g_forward: int, d_forward: int) -> int:
     return 4 * g_forward + 14 * d_forward
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    match = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    return set(match.group(1).split()) if match else set()
+
+
+def instruction_set(flags: set[str]) -> str:
+    """The widest vector/matrix instruction set among ``flags``: AMX, AVX-512, AVX2, or older."""
+    if {"amx_tile", "amx_bf16"} <= flags and "avx512f" in flags:
+        return "AMX"
+    if "avx512f" in flags:
+        return "AVX-512"
+    if "avx2" in flags and "fma" in flags:
+        return "AVX2"
+    return "below AVX2" if flags else "unknown"
+
+
+def machine() -> dict:
+    """Where a figure was measured: CPU model, instruction set, cores, oneDNN's ISA cap."""
+    model = platform.processor() or platform.machine()
+    try:
+        match = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        model = match.group(1).strip() if match else model
+    except OSError:
+        pass
+    flags = cpu_flags()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model, "instruction_set": instruction_set(flags),
+            "avx512_bf16": "avx512_bf16" in flags, "cores": cores,
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def format_machine(info: dict) -> str:
+    cap = (f", oneDNN capped at {info['onednn_max_cpu_isa']}" if info.get("onednn_max_cpu_isa")
+           else "")
+    load = (f"; load average {info['load_average'][0]:.1f}" if info.get("load_average") else "")
+    return (f"CPU {info['cpu']}, {info['instruction_set']}{cap}, {info['cores']} core(s)"
+            f"{load}")
+
+
+def stage_flops(networks, schedule) -> dict:
+    """``{stage.key: iteration FLOPs per image}`` of every stage of ``schedule``."""
+    return {stage.key: iteration_flops(*forward_flops(networks, stage.resolution, stage.fading))
+            for stage in schedule.stages()}
+
+
 def matmul_peak(size: int = 2048, repeats: int = 8, trials: int = 3) -> float:
     """Measured float32 matrix-multiply FLOP/s of the default device (best of ``trials``).
 
@@ -104,21 +158,31 @@ def bench(config: Config, resolutions: list[int], data: Path | None = None, seco
             data = ensure_synthetic(Path(scratch) / "data", num_images=512, resolution=top,
                                     progress=False)
         trainer = Trainer(config, data, Path(scratch) / "run")
-        peak = matmul_peak()
+        info = machine()
+        log(format_machine(info))
+        # The peak is measured before and after the stages and the higher one kept: on a
+        # machine that others share, one measurement can fall in a busy moment.
+        peaks = [matmul_peak()]
         rows = []
         for resolution in resolutions:
             for fading in sorted({fading and resolution > config.schedule.start_resolution
                                   for fading in phases}, reverse=True):
                 rows.append(_bench_stage(trainer, resolution, fading, seconds,
-                                         max_seconds_per_iteration, peak))
-                log(format_row(rows[-1]))
-    return {"matmul_peak_flops": peak, "stages": rows,
+                                         max_seconds_per_iteration))
+        peaks.append(matmul_peak())
+        peak = max(peaks)
+        for row in rows:
+            if "skipped" not in row:
+                row["fraction_of_peak"] = row["achieved_flops"] / peak
+            log(format_row(row))
+    info["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return {"machine": info, "matmul_peak_flops": peak, "matmul_peaks_flops": peaks, "stages": rows,
             "config": {"latent_size": config.model.latent_size, "fmap_base": config.model.fmap_base,
                        "fmap_max": config.model.fmap_max, "steps_per_call": config.training.steps_per_call,
                        "xla": config.training.xla, "mixed_precision": config.training.mixed_precision}}
 
 
-def _bench_stage(trainer, resolution, fading, seconds, max_seconds, peak) -> dict:
+def _bench_stage(trainer, resolution, fading, seconds, max_seconds) -> dict:
     start = trainer.schedule.start_of(resolution, fading)
     images_seen = trainer.state.images_seen
     images_seen.assign(start)
@@ -146,7 +210,7 @@ def _bench_stage(trainer, resolution, fading, seconds, max_seconds, peak) -> dic
     images_per_sec = calls * per_call * stage.batch_size / elapsed
     achieved = images_per_sec * flops
     return {**row, "images_per_sec": images_per_sec, "achieved_flops": achieved,
-            "fraction_of_peak": achieved / peak, "iterations": calls * per_call}
+            "iterations": calls * per_call}
 
 
 def format_row(row: dict) -> str:
