@@ -14,7 +14,8 @@ resolution; theirs: uint8 images at the top resolution, converted and faded by
 the WGAN-GP penalty and drift, the generator's moving average, the generator step. Ours runs
 ``training.steps_per_call`` iterations per compiled call, as training does.
 
-Each stage is timed in rounds, ours then theirs then ours ...; the median images/s of each
+Each stage is timed in rounds, ours then theirs then ours ... (theirs in a process of its
+own, waiting on a pipe while ours runs); the median images/s of each
 side and their ratio are printed, with the CPU and its instruction set. pro-gan-pth imports
 torchvision and TensorBoard only for its own ``train`` method and image files; this script
 gives it empty stand-ins for those, and sets its feature-map function to our widths (its
@@ -113,6 +114,24 @@ class Theirs:
             self.gan.optimize_generator(self.loss, self.g_optim, noise, reals, depth, alpha)
 
 
+def theirs_worker(connection, images_uint8, latent, fmap_base, fmap_max, ema_beta, lr, threads):
+    """pro-gan-pth in its own process: TensorFlow's thread pools and tf.data threads in the
+    same process slow torch's OpenMP threads down by up to 6x. Serves ("stage", resolution,
+    batch, alpha) -> warmed up, ("time", seconds) -> (iterations, seconds), ("stop",)."""
+    theirs = Theirs(images_uint8, latent, fmap_base, fmap_max, ema_beta, lr, threads)
+    stage = None
+    while True:
+        command = connection.recv()
+        if command[0] == "stage":
+            stage = command[1:]
+            theirs.iterations(2, *stage)
+            connection.send("ready")
+        elif command[0] == "time":
+            connection.send(timed(lambda: theirs.iterations(2, *stage) or 2, command[1]))
+        else:
+            return
+
+
 def timed(function, minimum_seconds):
     """images/s-ready (iterations, seconds) of repeated calls lasting at least minimum_seconds."""
     count, begin = 0, time.perf_counter()
@@ -167,8 +186,14 @@ def main(argv=None) -> int:
         data = ensure_synthetic(Path(scratch) / "data", num_images=1024, resolution=top,
                                 progress=False)
         ours = Trainer(config, data, Path(scratch) / "run")
-        theirs = Theirs(reader.read_images(data, top, "train"), latent, fmap_base, fmap_max,
-                        config.training.ema_beta, config.schedule.g_lr, args.threads)
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        connection, child = context.Pipe()
+        worker = context.Process(target=theirs_worker, args=(
+            child, reader.read_images(data, top, "train"), latent, fmap_base, fmap_max,
+            config.training.ema_beta, config.schedule.g_lr, args.threads))
+        worker.start()
         per_call = config.training.steps_per_call
         for resolution in resolutions:
             for fading in sorted({f and resolution > 4 for f in phases}, reverse=True):
@@ -181,15 +206,18 @@ def main(argv=None) -> int:
                     ours.state.images_seen.numpy()
                     return per_call
 
-                def run_theirs():
-                    theirs.iterations(2, resolution, args.batch, 0.5 if fading else 1.0)
-                    return 2
+                def time_theirs(seconds):
+                    connection.send(("time", seconds))
+                    return connection.recv()
 
-                run_ours(), run_theirs(), run_ours()  # trace, warm up
+                run_ours(), run_ours()  # trace, warm up
+                connection.send(("stage", resolution, args.batch, 0.5 if fading else 1.0))
+                connection.recv()
                 speeds = {"ours": [], "theirs": []}
                 for _ in range(args.rounds):
-                    for name, function in (("ours", run_ours), ("theirs", run_theirs)):
-                        count, seconds = timed(function, args.seconds)
+                    for name, function in (("ours", lambda s: timed(run_ours, s)),
+                                           ("theirs", time_theirs)):
+                        count, seconds = function(args.seconds)
                         speeds[name].append(count * args.batch / seconds)
                 row = {"resolution": resolution, "phase": stage.phase, "batch": args.batch,
                        **{name: statistics.median(v) for name, v in speeds.items()},
@@ -198,6 +226,8 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(f"{resolution:>5d} {stage.phase:<7s} ours {row['ours']:8.1f} img/s   "
                       f"pro-gan-pth {row['theirs']:8.1f} img/s   ratio {row['ratio']:.2f}x", flush=True)
+        connection.send(("stop",))
+        worker.join()
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "widths": args.widths,
                                          "threads": args.threads, "stages": rows}, indent=2))

@@ -367,6 +367,8 @@ def startup_summary(config, data, strategy, run_path, presets: dict) -> list[str
         + ", "
         f"loss {config.loss.name}",
         f"schedule   kimg per phase: {'; '.join(phases)}; total {schedule.total_kimg:g} kimg",
+        "time       no estimate before the first tick has measured this machine's speed; "
+        "then every tick line's ETA is the FLOPs left over the FLOP rate measured",
     ] + _short_schedule_lines(schedule) + _augment_lines(config.loss, config.optimizer)
 
 
