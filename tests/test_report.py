@@ -163,7 +163,7 @@ def test_the_eta_from_the_8x8_fade_on_is_within_a_quarter_of_the_time_left():
     from progan.config import PRESETS
     from progan.networks import ProGAN
     from progan.schedule import Schedule
-    from progan.training.bench import stage_flops
+    from progan.training.flops import stage_flops
 
     config = PRESETS["demo"]()
     flops = stage_flops(ProGAN(config.model), Schedule.of(config))

@@ -25,7 +25,7 @@ from progan.run import FormatError, RunDir, RunError
 from progan.training import distribute, state as states
 from progan.training.report import Reporter, TickClock, TickTimer, plot_curves, startup_summary
 from progan.schedule import Schedule, Stage
-from progan.training.bench import stage_flops
+from progan.training.flops import stage_flops
 from progan.training.step import StepStats, build_step
 
 # A stop request (SIGTERM/SIGINT) is seen between compiled calls; calls are shortened to
