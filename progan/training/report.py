@@ -52,9 +52,10 @@ class TickTimer:
 
     The time left is the work left over the speed measured: every remaining stage's images
     times its FLOPs per image (``flops``, what `progan bench` counts), over the FLOP rate
-    measured at that stage, else at its resolution, else at the highest resolution measured
-    (larger stages keep the arithmetic units at least as busy); plus a compile per stage not
-    yet started and the snapshots ahead at their measured cost. Without ``flops`` every image
+    measured at that stage (wall time, snapshots excepted), else at its resolution, else at
+    the highest resolution measured (larger stages keep the arithmetic units at least as
+    busy); plus a stage switch (as long as the switches measured) per stage not yet started
+    and the snapshots ahead at their measured cost. Without ``flops`` every image
     counts as one unit of work (pixels do not say how the work grows).
 
     Args:
@@ -74,7 +75,7 @@ class TickTimer:
         self.clock = clock
         self.elapsed_before = 0.0
         self._work = {}  # stage key -> [work units, seconds] trained in this session
-        self._compiles: list[float] = []
+        self._switches: list[float] = []  # seconds of each stage switch seen
         self._maintenance = [0.0, 0]  # seconds, snapshots
         self._session_start = clock()
         self._estimated = False
@@ -89,14 +90,17 @@ class TickTimer:
         images = images_seen - clock.start_images
         sec_per_kimg = (clock.train / (clock.train_images / 1000) if clock.train_images
                         else elapsed / max(images / 1000, 1e-9))
-        # the tick's wall time without compiling and snapshots: what the images cost
-        training = elapsed - clock.compile - clock.maintenance
-        if images > 0 and training > 0:
-            work = self._work.setdefault(stage.key, [0.0, 0.0])
-            work[0] += images * self._units(stage.key)
-            work[1] += training
+        work = self._work.setdefault(stage.key, [0.0, 0.0])
         if clock.compile:
-            self._compiles.append(clock.compile)
+            # A stage's first tick: its calls after the first give the speed; the rest (the
+            # switch from the previous stage, tracing, the first call) is what every stage
+            # switch costs, several seconds more than the tracing alone.
+            work[0] += clock.train_images * self._units(stage.key)
+            work[1] += clock.train
+            self._switches.append(max(elapsed - clock.maintenance - clock.train, 0.0))
+        elif images > 0:  # the wall time without snapshots: what the images cost
+            work[0] += images * self._units(stage.key)
+            work[1] += max(elapsed - clock.maintenance, 1e-9)
         if clock.maintenance:
             self._maintenance[0] += clock.maintenance
             self._maintenance[1] += 1
@@ -120,7 +124,8 @@ class TickTimer:
 
     def rate(self, stage) -> float | None:
         """Work units per second expected at ``stage`` (None before any measurement)."""
-        measured = {key: work / seconds for key, (work, seconds) in self._work.items() if seconds > 0}
+        measured = {key: work / seconds for key, (work, seconds) in self._work.items()
+                    if seconds > 0 and work > 0}
         if not measured:
             return None
         if stage.key in measured:
@@ -133,11 +138,11 @@ class TickTimer:
 
     def seconds_left(self, images_seen: int) -> float:
         """Seconds left to the end of the schedule (0 before any measurement)."""
-        if not self._work:
+        if not any(work for work, _ in self._work.values()):
             return 0.0
         seconds = 0.0
         started = set(self._work)
-        compile_seconds = sum(self._compiles) / len(self._compiles) if self._compiles else 0.0
+        switch_seconds = sum(self._switches) / len(self._switches) if self._switches else 0.0
         snapshot_seconds = (self._maintenance[0] / self._maintenance[1]
                             if self._maintenance[1] else 0.0)
         for stage in self.schedule.stages():
@@ -147,9 +152,11 @@ class TickTimer:
                 continue
             seconds += left * self._units(stage.key) / self.rate(stage)
             if stage.key not in started and images_seen < stage.start_images:
-                seconds += compile_seconds
+                seconds += switch_seconds
             snapshots = math.ceil(left / self.snapshot_images) if self.snapshot_images else 1
             seconds += max(snapshots, 1) * snapshot_seconds
+        if seconds:  # leaving the last stage costs what leaving any other one did
+            seconds += switch_seconds
         return seconds
 
 
