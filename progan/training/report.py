@@ -95,8 +95,9 @@ class TickTimer:
             # A stage's first tick: its calls after the first give the speed; the rest (the
             # switch from the previous stage, tracing, the first call) is what every stage
             # switch costs, several seconds more than the tracing alone.
-            work[0] += clock.train_images * self._units(stage.key)
-            work[1] += clock.train
+            if clock.train_images > 0 and clock.train > 0:
+                work[0] += clock.train_images * self._units(stage.key)
+                work[1] += clock.train
             self._switches.append(max(elapsed - clock.maintenance - clock.train, 0.0))
         elif images > 0:  # the wall time without snapshots: what the images cost
             work[0] += images * self._units(stage.key)
@@ -150,7 +151,10 @@ class TickTimer:
             left = end - max(stage.start_images, images_seen)
             if left <= 0:
                 continue
-            seconds += left * self._units(stage.key) / self.rate(stage)
+            rate = self.rate(stage)
+            if rate is None:  # nothing measured yet
+                return 0.0
+            seconds += left * self._units(stage.key) / rate
             if stage.key not in started and images_seen < stage.start_images:
                 seconds += switch_seconds
             snapshots = math.ceil(left / self.snapshot_images) if self.snapshot_images else 1
