@@ -234,7 +234,9 @@ def _run_bench(args, parser):
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"matmul peak (float32, chained 2048^3 products): {result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; "
+        peaks = ", ".join(f"{p / 1e9:.1f}" for p in result["matmul_peaks_flops"])
+        print(f"matmul peak (float32, chained 2048^3 products, before/after the stages: {peaks}): "
+              f"{result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; "
               "FLOPs per image = 4 F_G + 14 F_D (gradient penalty's double backward = "
               "2 x (D forward + D input-gradient))")
 

@@ -52,3 +52,16 @@ def test_auto_strategy(monkeypatch):
     assert distribute._tf_config_workers() == 2  # auto would pick MultiWorkerMirroredStrategy
     with pytest.raises(distribute.DistributeError, match="--strategy warp"):
         distribute.make_strategy("warp")
+
+
+def test_the_bench_names_the_machine_it_measured():
+    assert bench.instruction_set({"avx2", "fma", "avx512f", "amx_tile", "amx_bf16"}) == "AMX"
+    assert bench.instruction_set({"avx2", "fma", "avx512f"}) == "AVX-512"
+    assert bench.instruction_set({"avx2", "fma", "sse4_2"}) == "AVX2"
+    assert bench.instruction_set({"sse4_2"}) == "below AVX2"
+    info = bench.machine()
+    assert {"cpu", "instruction_set", "cores", "onednn_max_cpu_isa", "load_average"} <= info.keys()
+    assert info["cores"] >= 1
+    line = bench.format_machine({**info, "cpu": "Test CPU", "instruction_set": "AMX",
+                                 "onednn_max_cpu_isa": "AVX2", "cores": 2})
+    assert line.startswith("CPU Test CPU, AMX, oneDNN capped at AVX2, 2 core(s)")

@@ -144,3 +144,52 @@ def test_the_tick_line_reports_host_and_gpu_memory_apart():
     assert "mem host 0.91GiB skipped" in format_tick(
         {**stats, "memory_gib": 0.91, "host_memory_gib": 0.91, "gpu_memory_gib": None})
     assert "mem 0.86GiB skipped" in format_tick({**stats, "memory_gib": 0.86})  # an older record
+
+
+def simulate_eta(rates, flops, compile_sec=5.0, snapshot_sec=2.0, tick_kimg=4.0):
+    """A demo-schedule run on a fake clock where stage (resolution, fading) trains at
+    ``rates[resolution]`` FLOP/s: [(stage, ETA of each tick, seconds actually left)]."""
+    from progan.config import PRESETS
+    from progan.schedule import Schedule
+    from progan.training.report import TickClock, TickTimer
+
+    schedule = Schedule.of(PRESETS["demo"]())
+    now = [1000.0]
+    timer = TickTimer(schedule, flops, snapshot_kimg=20, clock=lambda: now[0])
+    ticks, images, maintenance = [], 0, 0.0
+    for stage in schedule.stages():
+        first = True
+        while images < stage.end_images:
+            clock = TickClock(images, start_time=now[0], maintenance=maintenance)
+            now[0] += maintenance
+            step = min(int(tick_kimg * 1000), stage.end_images - images)
+            if first:
+                clock.compile = compile_sec
+                now[0] += compile_sec
+            now[0] += step * flops[stage.key] / rates[stage.resolution]
+            clock.train, clock.train_images = step * flops[stage.key] / rates[stage.resolution], step
+            images += step
+            maintenance = snapshot_sec if images == stage.end_images else 0.0
+            stats = timer.finish(clock, stage, images)
+            ticks.append((stage, stats["eta_sec"], now[0]))
+            first = False
+    end = now[0] + maintenance
+    return [(stage, eta, end - at) for stage, eta, at in ticks]
+
+
+def test_the_eta_from_the_8x8_fade_on_is_within_a_quarter_of_the_time_left():
+    from progan.config import PRESETS
+    from progan.networks import ProGAN
+    from progan.schedule import Schedule
+    from progan.training.flops import stage_flops
+
+    config = PRESETS["demo"]()
+    flops = stage_flops(ProGAN(config.model), Schedule.of(config))
+    # a 2-core CPU: small stages keep its arithmetic units less busy than large ones
+    rates = {4: 30e9, 8: 80e9, 16: 95e9, 32: 100e9}
+    ticks = simulate_eta(rates, flops)
+    checked = [(eta, left) for stage, eta, left in ticks[:-1] if stage.resolution >= 8]
+    assert len(checked) >= 25
+    for eta, left in checked:
+        assert 0.75 * left <= eta <= 1.25 * left, (eta, left)
+    assert ticks[-1][1] == 0.0  # the last tick: nothing left but its snapshot

@@ -1,15 +1,8 @@
 """`progan bench`: images/s of a full training iteration per stage, with analytic FLOPs.
 
 An iteration is what training runs per minibatch: the discriminator step with its gradient
-penalty, the EMA update and the generator step. FLOPs count 2 per multiply-add of every
-convolution and dense layer. Per image, with F_G and F_D the forward costs of the stage's
-networks:
-
-  D step: G forward (F_G), D forward on reals, fakes and the mixed images (3 F_D), the
-          penalty's input gradient (F_D), the backward of the real/fake terms (2 x 2 F_D)
-          and the double backward through the penalty (2 x (F_D + F_D))   = F_G + 12 F_D
-  G step: G forward, D forward, D input-backward, G backward (2 F_G)      = 3 F_G + 2 F_D
-  total                                                                  = 4 F_G + 14 F_D
+penalty, the EMA update and the generator step; its FLOPs per image (4 F_G + 14 F_D) are
+counted in `progan.training.flops`.
 
 The achieved FLOP/s is compared with a float32 matrix-multiply peak measured in the same
 process (chained 2048 x 2048 products on the same device).
@@ -17,49 +10,61 @@ process (chained 2048 x 2048 products on the same device).
 
 from __future__ import annotations
 
+import os
+import platform
+import re
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from progan.backend import tf
 from progan.config import Config
-from progan.layers import EqualizedConv2D, EqualizedDense
+from progan.training.flops import forward_flops, iteration_flops, stage_flops  # noqa: F401
 
 
-def _layer_flops(layer, output_shape) -> int:
-    """2 x multiply-adds of one equalised layer for one image."""
-    inner = getattr(layer, "layer", layer)  # SpectralNormalization wraps the real layer
-    if isinstance(inner, EqualizedDense):
-        return 2 * int(np.prod(inner.kernel.shape))
-    if isinstance(inner, EqualizedConv2D):
-        height, width = output_shape[1], output_shape[2]
-        kernel = inner.kernel.shape
-        taps = kernel[0] * kernel[1] * kernel[2]
-        if inner.fused:  # the fused 4x4 kernel: 16/9 the taps, on the strided grid
-            taps = taps * 16 // 9
-            if inner.resample == "down":
-                return 2 * taps * kernel[3] * height * width
-            return 2 * taps * kernel[3] * height * width // 4
-        if inner.resample == "down":  # the convolution runs before pooling, at 2x the size
-            height, width = height * 2, width * 2
-        return 2 * taps * kernel[3] * height * width
-    return 0
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    match = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    return set(match.group(1).split()) if match else set()
 
 
-def forward_flops(networks, resolution: int, fading: bool) -> tuple[int, int]:
-    """(generator, discriminator) forward FLOPs per image of one stage."""
-    totals = []
-    for network in ("generator", "discriminator"):
-        table = networks.layer_table(network, resolution, fading)
-        totals.append(sum(_layer_flops(layer, shape) for layer, shape in table))
-    return totals[0], totals[1]
+def instruction_set(flags: set[str]) -> str:
+    """The widest vector/matrix instruction set among ``flags``: AMX, AVX-512, AVX2, or older."""
+    if {"amx_tile", "amx_bf16"} <= flags and "avx512f" in flags:
+        return "AMX"
+    if "avx512f" in flags:
+        return "AVX-512"
+    if "avx2" in flags and "fma" in flags:
+        return "AVX2"
+    return "below AVX2" if flags else "unknown"
 
 
-def iteration_flops(g_forward: int, d_forward: int) -> int:
-    """Analytic FLOPs of one training iteration per image (see the module docstring)."""
-    return 4 * g_forward + 14 * d_forward
+def machine() -> dict:
+    """Where a figure was measured: CPU model, instruction set, cores, oneDNN's ISA cap."""
+    model = platform.processor() or platform.machine()
+    try:
+        match = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        model = match.group(1).strip() if match else model
+    except OSError:
+        pass
+    flags = cpu_flags()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model, "instruction_set": instruction_set(flags),
+            "avx512_bf16": "avx512_bf16" in flags, "cores": cores,
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def format_machine(info: dict) -> str:
+    cap = (f", oneDNN capped at {info['onednn_max_cpu_isa']}" if info.get("onednn_max_cpu_isa")
+           else "")
+    load = (f"; load average {info['load_average'][0]:.1f}" if info.get("load_average") else "")
+    return (f"CPU {info['cpu']}, {info['instruction_set']}{cap}, {info['cores']} core(s)"
+            f"{load}")
 
 
 def matmul_peak(size: int = 2048, repeats: int = 8, trials: int = 3) -> float:
@@ -104,21 +109,31 @@ def bench(config: Config, resolutions: list[int], data: Path | None = None, seco
             data = ensure_synthetic(Path(scratch) / "data", num_images=512, resolution=top,
                                     progress=False)
         trainer = Trainer(config, data, Path(scratch) / "run")
-        peak = matmul_peak()
+        info = machine()
+        log(format_machine(info))
+        # The peak is measured before and after the stages and the higher one kept: on a
+        # machine that others share, one measurement can fall in a busy moment.
+        peaks = [matmul_peak()]
         rows = []
         for resolution in resolutions:
             for fading in sorted({fading and resolution > config.schedule.start_resolution
                                   for fading in phases}, reverse=True):
                 rows.append(_bench_stage(trainer, resolution, fading, seconds,
-                                         max_seconds_per_iteration, peak))
-                log(format_row(rows[-1]))
-    return {"matmul_peak_flops": peak, "stages": rows,
+                                         max_seconds_per_iteration))
+        peaks.append(matmul_peak())
+        peak = max(peaks)
+        for row in rows:
+            if "skipped" not in row:
+                row["fraction_of_peak"] = row["achieved_flops"] / peak
+            log(format_row(row))
+    info["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return {"machine": info, "matmul_peak_flops": peak, "matmul_peaks_flops": peaks, "stages": rows,
             "config": {"latent_size": config.model.latent_size, "fmap_base": config.model.fmap_base,
                        "fmap_max": config.model.fmap_max, "steps_per_call": config.training.steps_per_call,
                        "xla": config.training.xla, "mixed_precision": config.training.mixed_precision}}
 
 
-def _bench_stage(trainer, resolution, fading, seconds, max_seconds, peak) -> dict:
+def _bench_stage(trainer, resolution, fading, seconds, max_seconds) -> dict:
     start = trainer.schedule.start_of(resolution, fading)
     images_seen = trainer.state.images_seen
     images_seen.assign(start)
@@ -146,7 +161,7 @@ def _bench_stage(trainer, resolution, fading, seconds, max_seconds, peak) -> dic
     images_per_sec = calls * per_call * stage.batch_size / elapsed
     achieved = images_per_sec * flops
     return {**row, "images_per_sec": images_per_sec, "achieved_flops": achieved,
-            "fraction_of_peak": achieved / peak, "iterations": calls * per_call}
+            "iterations": calls * per_call}
 
 
 def format_row(row: dict) -> str:

@@ -26,6 +26,7 @@ from progan.run import FormatError, RunDir, RunError, WriteFault, check_free_spa
 from progan.training import distribute, state as states
 from progan.training.report import Reporter, TickClock, TickTimer, plot_curves, startup_summary
 from progan.schedule import Schedule, Stage
+from progan.training.flops import stage_flops
 from progan.training.step import StepStats, build_step
 
 # A stop request (SIGTERM/SIGINT) is seen between compiled calls; calls are shortened to
@@ -105,7 +106,8 @@ class Trainer:
         # fakes*.png show seeds 0 .. grid_size^2 - 1 (`progan generate --seeds` draws them again)
         self.grid_seeds = list(range(config.training.grid_size ** 2))
         self.next_tick = 0
-        self.timer = TickTimer(self.schedule)
+        self.timer = TickTimer(self.schedule, stage_flops(self.state.networks, self.schedule),
+                               config.training.snapshot_kimg)
         self.callbacks = list(callbacks)
         self._steps: dict = {}
         self._stop_requested = False  # asked of this process (a signal, `request_stop`)

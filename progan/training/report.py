@@ -54,31 +54,65 @@ class TickClock:
 class TickTimer:
     """The timing fields of every tick line and the time left to the end of the schedule.
 
+    The time left is the work left over the speed measured: every remaining stage's images
+    times its FLOPs per image (``flops``, what `progan bench` counts), over the FLOP rate
+    measured at that stage (wall time, snapshots excepted), else at its resolution, else at
+    the highest resolution measured (larger stages keep the arithmetic units at least as
+    busy); plus a stage switch (as long as the switches measured) per stage not yet started
+    and the snapshots ahead at their measured cost. Without ``flops`` every image
+    counts as one unit of work (pixels do not say how the work grows).
+
     Args:
         schedule: the run's `progan.schedule.Schedule`.
+        flops: ``{stage.key: FLOPs of one training iteration per image}``.
+        snapshot_kimg: thousands of images between snapshots (stage ends snapshot too).
+        clock: seconds now (``time.time``; tests pass a fake).
     Attributes:
         elapsed_before: training seconds of earlier sessions of this run (from stats.jsonl).
-        sec_per_kimg: training speed measured per resolution.
     """
 
-    def __init__(self, schedule):
+    def __init__(self, schedule, flops: dict | None = None, snapshot_kimg: float | None = None,
+                 clock=time.time):
         self.schedule = schedule
+        self.flops = flops or {}
+        self.snapshot_images = max(int((snapshot_kimg or 0) * 1000), 0)
+        self.clock = clock
         self.elapsed_before = 0.0
-        self.sec_per_kimg: dict[int, float] = {}
-        self._session_start = time.time()
+        self._work = {}  # stage key -> [work units, seconds] trained in this session
+        self._switches: list[float] = []  # seconds of each stage switch seen
+        self._maintenance = [0.0, 0]  # seconds, snapshots
+        self._session_start = clock()
         self._estimated = False
+
+    def _units(self, key) -> float:
+        return float(self.flops.get(key, 1.0))
 
     def finish(self, clock: TickClock, stage, images_seen: int) -> dict:
         """The timing statistics of the tick that ``clock`` measured, ending at ``images_seen``."""
-        elapsed = max(time.time() - clock.start_time, 1e-9)
+        now = self.clock()
+        elapsed = max(now - clock.start_time, 1e-9)
+        images = images_seen - clock.start_images
         sec_per_kimg = (clock.train / (clock.train_images / 1000) if clock.train_images
-                        else elapsed / max((images_seen - clock.start_images) / 1000, 1e-9))
-        if clock.train_images:
-            self.sec_per_kimg[stage.resolution] = sec_per_kimg
-        elapsed_total = self.elapsed_before + time.time() - self._session_start
+                        else elapsed / max(images / 1000, 1e-9))
+        work = self._work.setdefault(stage.key, [0.0, 0.0])
+        if clock.compile:
+            # A stage's first tick: its calls after the first give the speed; the rest (the
+            # switch from the previous stage, tracing, the first call) is what every stage
+            # switch costs, several seconds more than the tracing alone.
+            if clock.train_images > 0 and clock.train > 0:
+                work[0] += clock.train_images * self._units(stage.key)
+                work[1] += clock.train
+            self._switches.append(max(elapsed - clock.maintenance - clock.train, 0.0))
+        elif images > 0:  # the wall time without snapshots: what the images cost
+            work[0] += images * self._units(stage.key)
+            work[1] += max(elapsed - clock.maintenance, 1e-9)
+        if clock.maintenance:
+            self._maintenance[0] += clock.maintenance
+            self._maintenance[1] += 1
+        elapsed_total = self.elapsed_before + now - self._session_start
         eta = self.seconds_left(images_seen)
         return {"sec_per_tick": elapsed, "sec_per_kimg": sec_per_kimg,
-                "images_per_sec": (images_seen - clock.start_images) / elapsed,
+                "images_per_sec": images / elapsed,
                 "compile_sec": clock.compile, "maintenance_sec": clock.maintenance,
                 "elapsed_sec": elapsed_total, "elapsed_hours": elapsed_total / 3600,
                 "eta_sec": eta, "eta_hours": eta / 3600, **memory_gib()}
@@ -89,31 +123,48 @@ class TickTimer:
             return None
         self._estimated = True
         return (f"estimated time to the end: {duration(stats['eta_sec'])} (from "
-                f"{clock.train_images} images at {stage.resolution}x{stage.resolution}; "
-                "every tick line updates it)")
+                f"{clock.train_images} images at {stage.resolution}x{stage.resolution}"
+                + (", the FLOPs of every stage ahead" if self.flops else "")
+                + "; every tick line updates it)")
+
+    def rate(self, stage) -> float | None:
+        """Work units per second expected at ``stage`` (None before any measurement)."""
+        measured = {key: work / seconds for key, (work, seconds) in self._work.items()
+                    if seconds > 0 and work > 0}
+        if not measured:
+            return None
+        if stage.key in measured:
+            return measured[stage.key]
+        same = [rate for (resolution, _), rate in measured.items() if resolution == stage.resolution]
+        if same:
+            return max(same)
+        top = max(resolution for resolution, _ in measured)
+        return max(rate for (resolution, _), rate in measured.items() if resolution == top)
 
     def seconds_left(self, images_seen: int) -> float:
-        """Seconds of training left: each remaining stage at the speed measured at its
-        resolution; a resolution not reached yet at the highest measured speed scaled by
-        (pixels ratio)^k, with k fitted to the two highest measured resolutions (1 until
-        there are two: small networks grow slower than their pixel count)."""
-        if not self.sec_per_kimg:
+        """Seconds left to the end of the schedule (0 before any measurement)."""
+        if not any(work for work, _ in self._work.values()):
             return 0.0
-        measured = sorted(self.sec_per_kimg)
-        top = measured[-1]
-        exponent = 1.0
-        if len(measured) > 1:
-            below = measured[-2]
-            ratio = self.sec_per_kimg[top] / self.sec_per_kimg[below]
-            exponent = min(max(math.log(max(ratio, 1e-9)) / math.log((top / below) ** 2), 0.25), 1.0)
         seconds = 0.0
+        started = set(self._work)
+        switch_seconds = sum(self._switches) / len(self._switches) if self._switches else 0.0
+        snapshot_seconds = (self._maintenance[0] / self._maintenance[1]
+                            if self._maintenance[1] else 0.0)
         for stage in self.schedule.stages():
-            left = (min(stage.end_images, self.schedule.total_images)
-                    - max(stage.start_images, images_seen)) / 1000
-            if left > 0:
-                speed = self.sec_per_kimg.get(
-                    stage.resolution, self.sec_per_kimg[top] * ((stage.resolution / top) ** 2) ** exponent)
-                seconds += left * speed
+            end = min(stage.end_images, self.schedule.total_images)
+            left = end - max(stage.start_images, images_seen)
+            if left <= 0:
+                continue
+            rate = self.rate(stage)
+            if rate is None:  # nothing measured yet
+                return 0.0
+            seconds += left * self._units(stage.key) / rate
+            if stage.key not in started and images_seen < stage.start_images:
+                seconds += switch_seconds
+            snapshots = math.ceil(left / self.snapshot_images) if self.snapshot_images else 1
+            seconds += max(snapshots, 1) * snapshot_seconds
+        if seconds:  # leaving the last stage costs what leaving any other one did
+            seconds += switch_seconds
         return seconds
 
 
@@ -342,6 +393,8 @@ def startup_summary(config, data, strategy, run_path, presets: dict) -> list[str
         + ", "
         f"loss {config.loss.name}",
         f"schedule   kimg per phase: {'; '.join(phases)}; total {schedule.total_kimg:g} kimg",
+        "time       no estimate before the first tick has measured this machine's speed; "
+        "then every tick line's ETA is the FLOPs left over the FLOP rate measured",
     ] + _short_schedule_lines(schedule) + _augment_lines(config.loss, config.optimizer)
 
 
