@@ -279,6 +279,16 @@ def bad_numbers_and_strategies(work: Work):
     return "--kimg inf, --strategy tpu, --freeze-d 99, --seeds 0-9999999, a missing run: one line each"
 
 
+def weak_unless_one_line(label: str, result, name: str) -> None:
+    """A command's (status, output, last line, lines) must be one line, exit 2, naming
+    ``name``; otherwise the case is WEAK, said with ``label``."""
+    status, _, last, lines = result
+    try:
+        one_line(status, last, lines, 2, name)
+    except Outcome as outcome:
+        raise Outcome("WEAK", f"{label}: {outcome.detail}") from None
+
+
 @case
 def damaged_labels_npz(work: Work):
     conditional = work.root / "conditional"
@@ -301,12 +311,8 @@ def damaged_labels_npz(work: Work):
     for how, damage in damages.items():
         shutil.copy(conditional / "labels.npz", run / "labels.npz")
         damage(run / "labels.npz")
-        status, _, last, lines = progan("generate", run, "--seeds", "0-3", "--out",
-                                        work.root / "labels.png")
-        try:
-            one_line(status, last, lines, 2, "labels.npz")
-        except Outcome as outcome:
-            raise Outcome("WEAK", f"labels.npz {how}: {outcome.detail}") from None
+        weak_unless_one_line(f"labels.npz {how}", progan(
+            "generate", run, "--seeds", "0-3", "--out", work.root / "labels.png"), "labels.npz")
     return "labels.npz deleted, cut, wrong columns, 1-D, 0 rows: one line naming it"
 
 
@@ -317,12 +323,8 @@ def wrong_shaped_best_json(work: Work):
     for content in ("null", '{"metrics": {"swd": 3}}', '{"primary": "swd", "metrics": {"swd": {"value": "low"}}}',
                     '{"primary": 3, "metrics": []}'):
         best.write_text(content)
-        status, _, last, lines = progan("generate", run, "--snapshot", "best", "--out",
-                                        work.root / "best.png")
-        try:
-            one_line(status, last, lines, 2, "best.json")
-        except Outcome as outcome:
-            raise Outcome("WEAK", f"best.json {content}: {outcome.detail}") from None
+        weak_unless_one_line(f"best.json {content}", progan(
+            "generate", run, "--snapshot", "best", "--out", work.root / "best.png"), "best.json")
     best.write_text('{"primary": "swd", "metrics": {"swd": null}}')
     status, _, last, _ = progan("resume", run, "--total-kimg", "0.5")
     log = (run / "log.txt").read_text()
