@@ -92,7 +92,7 @@ def test_lost_workers_end_the_job_in_one_line_and_stops_agree_and_relaunches_res
     config.write_text(json.dumps({**TINY_CONFIG, "training": {**TINY_CONFIG["training"],
                                                               "strategy": "auto"}}))
     common = ["train", "--config", config, "--data", tiny_dataset, "--deterministic",
-              "--stable-kimg", "0.3", "--fade-kimg", "0.3"]
+              "--stable-kimg", "0.2", "--fade-kimg", "0.2"]
     jobs = []
     request.addfinalizer(lambda: [job.kill() for job in jobs])
     straight = tmp_path / "straight"  # the uninterrupted job runs alongside
@@ -144,7 +144,7 @@ def test_lost_workers_end_the_job_in_one_line_and_stops_agree_and_relaunches_res
 
     seen_straight, straight_arrays = snapshot_arrays(straight)
     seen_resumed, resumed_arrays = snapshot_arrays(run_dir)
-    assert seen_straight == seen_resumed >= 900
+    assert seen_straight == seen_resumed >= 600
     assert straight_arrays.keys() == resumed_arrays.keys() and len(straight_arrays) > 20
     for name, array in straight_arrays.items():
         np.testing.assert_array_equal(resumed_arrays[name], array, err_msg=name)
