@@ -96,25 +96,25 @@ def test_resume_grows_a_finished_run_to_a_higher_resolution(tmp_path):
     from progan.dataset.synthetic import ensure_synthetic
     from progan.run import RunDir
 
-    data = ensure_synthetic(tmp_path / "data", num_images=64, resolution=16, seed=0, workers=1,
+    data = ensure_synthetic(tmp_path / "data", num_images=64, resolution=8, seed=0, workers=1,
                             progress=False)
     config = Config.from_dict(TINY_CONFIG).replace(**{  # phases of 6 batches of 8
-        "schedule.stable_kimg": 0.048, "schedule.fade_kimg": 0.048})
+        "schedule.stable_kimg": 0.048, "schedule.fade_kimg": 0.048, "model.max_resolution": 4})
     run = tmp_path / "run"
-    progan.train(data=data, out=run, config=config)  # 4x4, then 8x8: 0.144 kimg
+    progan.train(data=data, out=run, config=config)  # 4x4 only: 0.048 kimg
     finished = RunDir(run).snapshots("full")[-1]
     before = progan.generate(run, [0, 1], snapshot=finished.path.name)
-    assert before.shape == (2, 8, 8, 3)
+    assert before.shape == (2, 4, 4, 3)
     with pytest.raises(progan.ProganError, match="can grow, not shrink"):
-        progan.resume(run, max_resolution=4)
+        progan.resume(run, max_resolution=2)
 
-    result = progan.resume(run, max_resolution=16)  # 16x16 fades in, then trains stable
+    result = progan.resume(run, max_resolution=8)  # 8x8 fades in, then trains stable
     grown = RunDir(run).read().config
-    assert grown.model.max_resolution == 16 and grown.schedule.total_kimg is None
-    assert result["images_seen"] == 240 and result["resolution"] == 16 and not result["stopped"]
-    assert progan.generate(run, [0], snapshot="latest").shape == (1, 16, 16, 3)
+    assert grown.model.max_resolution == 8 and grown.schedule.total_kimg is None
+    assert result["images_seen"] == 144 and result["resolution"] == 8 and not result["stopped"]
+    assert progan.generate(run, [0], snapshot="latest").shape == (1, 8, 8, 3)
     # The snapshots from before the run grew still read. The last one now sits where 16x16
     # starts to fade in (alpha 0): the same faces, nearest-upscaled.
     after = progan.generate(run, [0, 1], snapshot=finished.path.name)
     np.testing.assert_array_equal(after[:, ::2, ::2], before)
-    assert "now ends at kimg 0.24 at 16x16 (was 0.144 at 8x8)" in (run / "log.txt").read_text()
+    assert "now ends at kimg 0.144 at 8x8 (was 0.048 at 4x4)" in (run / "log.txt").read_text()
