@@ -646,10 +646,37 @@ class RunDir:
         _append_jsonl(self.metrics_file, records)
 
     def read_metrics(self) -> list[dict]:
-        return _read_jsonl(self.metrics_file)
+        """The records of metrics.jsonl; a line that is JSON but not a metric record (a field
+        missing or of the wrong kind, e.g. edited by hand) is a `RunError` naming the line."""
+        records = _read_jsonl(self.metrics_file)
+        for number, record in enumerate(records, 1):
+            problem = _metric_record_problem(record)
+            if problem:
+                raise RunError(f"{self.metrics_file}: record {number} {problem}; expected one "
+                               "line per metric and snapshot as `progan evaluate` writes it "
+                               "(remove or repair that line)")
+        return records
 
     def metric_names(self) -> list[str]:
         return list(dict.fromkeys(record["metric"] for record in self.read_metrics()))
+
+
+# The fields of a metrics.jsonl record that readers rely on, and their kinds.
+METRIC_RECORD_FIELDS = {"metric": (str,), "images_seen": (int,), "kimg": (int, float),
+                        "resolution": (int,), "value": (int, float), "num_images": (int,),
+                        "split": (str,), "snapshot": (str,)}
+
+
+def _metric_record_problem(record) -> str:
+    """What is wrong with one metrics.jsonl record ("" when nothing)."""
+    if not isinstance(record, dict):
+        return f"holds {type(record).__name__}, not a record"
+    for name, kinds in METRIC_RECORD_FIELDS.items():
+        if name not in record:
+            return f"has no {name!r}"
+        if not isinstance(record[name], kinds) or isinstance(record[name], bool):
+            return f"has {name!r} {json.dumps(record[name])[:40]}"
+    return ""
 
 
 def _best_problem(best) -> str:

@@ -5,6 +5,7 @@ import pytest
 from run_fixtures import command_parser, copy_run, tiny_run, tiny_run_16  # noqa: F401  (fixtures)
 
 from progan.dataset.reader import read_images
+from progan.run import RunDir, RunError
 from progan.evaluation import cli
 from progan.evaluation import run as evaluation
 from progan.evaluation.features import RandomConvFeatures
@@ -12,7 +13,6 @@ from progan.evaluation.frechet import frechet_distance
 from progan.evaluation.msssim import ms_ssim
 from progan.evaluation.sliced_wasserstein import swd
 from progan.generation import generate, load_generator
-from progan.run import RunDir
 
 REQUIRED = {"kimg", "images_seen", "snapshot", "resolution", "metric", "value", "num_images",
             "split", "time", "seconds"}
@@ -236,6 +236,25 @@ def test_a_broken_best_json_is_rebuilt_from_metrics_jsonl(tiny_run, tmp_path):
                in line for line in lines)
     best = RunDir(run_dir).read_best()
     assert best["primary"] == "swd" and best["metrics"]["swd"]["images_seen"] in (200, 304)
+
+
+def test_a_metrics_record_with_a_field_missing_is_named_not_a_traceback(tiny_run, tmp_path):
+    import json
+
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    evaluation.evaluate_run(run_dir, ["swd"], 16, "0.2", log=lambda line: None)
+    metrics = RunDir(run_dir).metrics_file
+    record = json.loads(metrics.read_text().splitlines()[0])
+    del record["resolution"]  # valid JSON, but not what readers need (edited by hand)
+    metrics.write_text(metrics.read_text() + json.dumps(record) + "\n")
+    before = metrics.read_bytes()
+    with pytest.raises(RunError, match=r"metrics.jsonl: record 2 has no 'resolution'; .*remove or repair"):
+        evaluation.evaluate_run(run_dir, ["swd"], 16, "0.304", log=lambda line: None)
+    assert metrics.read_bytes() == before  # nothing appended to a file it cannot read
+    record["resolution"] = "8"
+    metrics.write_text(before.decode().splitlines()[0] + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(RunError, match="record 2 has 'resolution' \"8\""):
+        evaluation.evaluate_run(run_dir, ["swd"], 16, "0.304", log=lambda line: None)
 
 
 def test_an_interrupted_evaluate_ends_in_one_line_with_its_files_readable(tiny_run, tmp_path):

@@ -125,6 +125,7 @@ class SnapshotEvaluator:
         if unlabelled and not self.config.model.label_size:
             raise EvaluationError(f"--metrics {','.join(unlabelled)}: {self.run_dir} is not a "
                                   "conditional run (trained without --conditional)")
+        self.run.read_metrics()  # a record it could not read stops here, before any work
         self.num_images, self.split, self.seed = num_images, split, seed
         self.extractor = feature_extractor
         self.log = log
