@@ -183,11 +183,13 @@ def resume(run, data=None, allow_different_data: bool = False, total_kimg: float
 
 
 def finetune(run, out, kimg: float, snapshot: str = "latest", lr_scale: float = 0.8,
-             reset_optimizer: bool = False, data=None, **overrides) -> dict:
+             reset_optimizer: bool = False, data=None, gpus: int | None = None,
+             **overrides) -> dict:
     """Continue from a full snapshot at ``lr_scale`` times the learning rates for ``kimg``
     more kimg, in a new run ``out`` whose config.json records where it came from.
 
-    ``data``: fine-tune on another data set (transfer). ``overrides``: ``augment``,
+    ``data``: fine-tune on another data set (transfer). ``gpus``: fine-tune on the first this
+    many visible GPUs (of each worker); default: all. ``overrides``: ``augment``,
     ``augment_p``, ``augment_target``, ``freeze_d`` of the new run.
     """
     from progan.run import RunDir
@@ -199,9 +201,11 @@ def finetune(run, out, kimg: float, snapshot: str = "latest", lr_scale: float = 
         raise ApiError(f"{unknown[0]}: not a fine-tuning setting; expected one of "
                        f"{', '.join(sorted(allowed))}")
     dotted = settings_of(overrides)
+    config = RunDir(run).read().config
     return trainer.finetune(Path(run), Path(out), str(snapshot), lr_scale, kimg, reset_optimizer,
+                            strategy=_strategy(config, gpus),
                             data=None if data is None else Path(data), overrides=dotted or None,
-                            callbacks=_callbacks(Path(out), RunDir(run).read().config))
+                            callbacks=_callbacks(Path(out), config))
 
 
 # -- evaluation --------------------------------------------------------------------------------

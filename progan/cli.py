@@ -193,6 +193,7 @@ def _add_finetune(subparsers):
                         help="fine-tune on another prepared data set with the same channels and "
                              "the levels from the snapshot's resolution on (default: the run's)")
     _add_overrides(parser, "", FINETUNE_FLAGS, config=False)
+    _add_gpus(parser)
     parser.set_defaults(run=_run_finetune)
 
 
@@ -200,7 +201,8 @@ def _run_finetune(args, parser):
     from progan import api
 
     result = api.finetune(args.run_dir, args.out, args.kimg, args.snapshot, args.lr_scale,
-                          args.reset_optimizer, args.data, **_overrides(args, FINETUNE_FLAGS))
+                          args.reset_optimizer, args.data, args.gpus,
+                          **_overrides(args, FINETUNE_FLAGS))
     _print_result(result, args.out)
 
 

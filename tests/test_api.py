@@ -85,6 +85,24 @@ def test_resume_extends_a_finished_run(tiny_run, tmp_path):
     assert Config.from_dict(TINY_CONFIG).schedule.total_kimg is None
 
 
+def test_finetune_takes_gpus_as_train_and_resume_do(tiny_run, tmp_path, monkeypatch):
+    from progan.cli import build_parser
+    from progan.training import distribute
+
+    args = build_parser().parse_args(["finetune", "RUN", "--kimg", "1", "--out", "OUT", "--gpus", "2"])
+    assert args.gpus == 2
+    # The run trained on one device (strategy "one"): asking for two is one line naming the
+    # flag and what to use, and no run directory appears.
+    with pytest.raises(progan.ProganError, match=r"--gpus 2 --strategy one: one device; use --strategy mirrored"):
+        progan.finetune(tiny_run, tmp_path / "tuned", kimg=0.05, gpus=2)
+    assert not (tmp_path / "tuned").exists()
+    # One "GPU" (this CPU, as a faked device list): the fine-tuning runs on it.
+    cpu = distribute.tf.config.list_logical_devices("CPU")[0]
+    monkeypatch.setattr(distribute, "_accelerators", lambda: [cpu])
+    result = progan.finetune(tiny_run, tmp_path / "tuned", kimg=0.05, gpus=1)
+    assert result["images_seen"] >= 600 + 50 and not result["stopped"]
+
+
 def test_a_data_set_without_the_presets_top_level_suggests_what_fits(tiny_dataset, tmp_path):
     with pytest.raises(progan.ProganError, match=r"largest is 8x8\); train to its top level "
                                                  r"with --max-resolution 8, or use --config demo"):
