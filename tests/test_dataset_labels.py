@@ -209,7 +209,8 @@ def test_folder_classes_are_one_hot(tmp_path, capsys):
                    "--labels folders", tmp_path / "in" / "stray.jpg")
 
 
-def test_tfds_attributes_with_mock_data(tmp_path):
+def test_tfds_attributes_with_mock_data(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # tfds.load's own temporary folder
     import tensorflow_datasets as tfds
 
     from progan.dataset.sources import TfdsSource

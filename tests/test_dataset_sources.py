@@ -93,7 +93,8 @@ def test_image_folder_checks(tmp_path):
         ImageFolderSource(tmp_path, 48)
 
 
-def test_tfds_celeb_a_offline_with_mock_data(tmp_path):
+def test_tfds_celeb_a_offline_with_mock_data(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # tfds.load's own temporary folder
     with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
         source = TfdsSource("celeb_a", split="train")
         manifest = write_dataset(tmp_path / "tfds", source, workers=2, max_resolution=64,

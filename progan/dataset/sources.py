@@ -15,8 +15,10 @@ extension, so the JPEG and PNG releases share it), TFDS's from a dict of boolean
 ``attributes``, an image folder's from its first-level sub-folders (one-hot classes).
 """
 
+import contextlib
 import io
 import os
+import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -759,6 +761,20 @@ def preparation_failure(name, error, data_dir_root):
             f"{', '.join(CELEB_A_TFDS_FILES)} in {manual}/ and run this command again")
 
 
+@contextlib.contextmanager
+def _scratch_tempdir():
+    """Temporary files made inside go to a folder of our own, removed afterwards: TensorFlow
+    Datasets makes a temporary folder for every builder (its metadata from the bucket) and
+    never removes it, one more empty /tmp/tmp*tfds per command otherwise."""
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="progan-tfds-") as scratch:
+        tempfile.tempdir = scratch
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
+
+
 class TfdsSource(ImageSource):
     """An image dataset of TensorFlow Datasets, read in the split's own order.
 
@@ -787,19 +803,20 @@ class TfdsSource(ImageSource):
                                    "celeb_a has a crop of its own)")
             log2_resolution(resolution)
             self.resolution = resolution
-        try:
-            builder = tfds.builder(name, data_dir=data_dir)
-        except Exception as error:  # tfds raises many types for unknown names
-            raise DatasetError(f"NAME {name}: not a TensorFlow Datasets dataset "
-                               f"({_first_line(error)})") from None
-        features = builder.info.features
-        if image_key not in features:
-            raise DatasetError(
-                f"--image-key {image_key}: {name} has no such feature (it has {', '.join(features)})")
-        try:
-            builder.download_and_prepare()
-        except Exception as error:  # download / preparation failures of any kind
-            raise DatasetError(preparation_failure(name, error, builder.data_dir_root)) from None
+        with _scratch_tempdir():
+            try:
+                builder = tfds.builder(name, data_dir=data_dir)
+            except Exception as error:  # tfds raises many types for unknown names
+                raise DatasetError(f"NAME {name}: not a TensorFlow Datasets dataset "
+                                   f"({_first_line(error)})") from None
+            features = builder.info.features
+            if image_key not in features:
+                raise DatasetError(f"--image-key {image_key}: {name} has no such feature (it "
+                                   f"has {', '.join(features)})")
+            try:
+                builder.download_and_prepare()
+            except Exception as error:  # download / preparation failures of any kind
+                raise DatasetError(preparation_failure(name, error, builder.data_dir_root)) from None
         splits = builder.info.splits
         if splits and split not in splits:
             raise DatasetError(f"--split {split}: not a split of {name} (it has {', '.join(splits)})")
