@@ -41,17 +41,19 @@ def worker_env(**extra) -> dict:
 class Job:
     """Two workers running the same `progan train` command, as a cluster launches them."""
 
-    def __init__(self, command, log_dir, name):
+    def __init__(self, command, log_dir, name, worker_1_extra=()):
         cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
         self.addresses = cluster["worker"]
         self.logs = [log_dir / f"{name}-{index}.log" for index in range(2)]
         self.workers = []
         for index, log in enumerate(self.logs):
             tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            extra = list(worker_1_extra) if index == 1 else []
             with open(log, "w") as output:
                 self.workers.append(subprocess.Popen(
-                    [sys.executable, "-m", "progan", *map(str, command)], cwd=REPO, stdout=output,
-                    stderr=subprocess.STDOUT, env=worker_env(TF_CONFIG=tf_config)))
+                    [sys.executable, "-m", "progan", *map(str, command), *map(str, extra)],
+                    cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
+                    env=worker_env(TF_CONFIG=tf_config)))
 
     def output(self, index: int) -> str:
         return self.logs[index].read_text()
@@ -133,6 +135,20 @@ def test_lost_workers_end_the_job_in_one_line_and_stops_agree_and_relaunches_res
     assert "on request; continue with: launch the same job again (every worker)" in stopped
     assert "done: kimg" not in stopped
 
+    # Worker 1 on a disk of its own (its --out empty): it would start from kimg 0 while the
+    # chief resumes; both stop at once, in one line, before any step.
+    newest = list_snapshots(run_dir / "checkpoints")[-1][0]
+    job = Job(command, tmp_path, "apart", worker_1_extra=["--out", tmp_path / "own-disk"])
+    jobs.append(job)
+    for index in (0, 1):
+        job.wait(index, LOST_SECONDS)
+        output = job.output(index)
+        line = last_line(output)
+        assert job.workers[index].returncode == 2 and "Traceback" not in output, output[-3000:]
+        assert line.startswith("progan train: error: the workers start from different snapshots "
+                               f"(kimg 0 to {newest / 1000:g}"), line
+        assert "launch the same job again (every worker)" in line, line
+
     job = Job(command, tmp_path, "final")  # the same job again: it resumes and finishes
     jobs.append(job)
     for index in (0, 1):
@@ -149,9 +165,9 @@ def test_lost_workers_end_the_job_in_one_line_and_stops_agree_and_relaunches_res
     for name, array in straight_arrays.items():
         np.testing.assert_array_equal(resumed_arrays[name], array, err_msg=name)
     log = (run_dir / "log.txt").read_text()
-    assert log.count("resumed from snapshot") == 3
-    assert log.count("run        ") == 4  # the chief alone wrote the log: one summary per launch
-    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 4
+    assert log.count("resumed from snapshot") == 4
+    assert log.count("run        ") == 5  # the chief alone wrote the log: one summary per launch
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 5
     ticks = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     straight_ticks = [json.loads(line) for line in (straight / "stats.jsonl").read_text().splitlines()]
     assert [t["tick"] for t in ticks] == list(range(len(ticks)))

@@ -226,6 +226,28 @@ def stop_agreement(strategy: tf.distribute.Strategy):
     return lambda stop: bool(any_stop(tf.constant(float(stop))).numpy())
 
 
+def position_agreement(strategy: tf.distribute.Strategy):
+    """``spread(images_seen) -> (lowest, highest)`` over every worker's replicas: where each
+    worker starts. Each worker reads the newest snapshot it sees itself, so workers that do not
+    share the run directory (a local disk each, a stale network cache) would each resume from
+    another point and train on silently with different weights; the trainer checks that all
+    start together. One process: ``(images_seen, images_seen)``."""
+    if _multiworker_resolver(strategy) is None:
+        return lambda images_seen: (images_seen, images_seen)
+
+    @tf.function
+    def gather(position):
+        positions = strategy.run(lambda: tf.reshape(tf.identity(position), [1]))
+        return strategy.gather(positions, axis=0)
+
+    def spread(images_seen: int) -> tuple[int, int]:
+        # float64 holds every count of images exactly (below 2^53)
+        values = gather(tf.constant(float(images_seen), tf.float64)).numpy()
+        return int(values.min()), int(values.max())
+
+    return spread
+
+
 # The failures a collective reports when a peer is gone: killed (connection reset), hung or
 # cut off (no heartbeats: TensorFlow's coordination service declares it unhealthy after ten
 # seconds), or a collective that timed out.

@@ -274,6 +274,7 @@ class Trainer:
         try:
             # A new run snapshots its untrained networks first (kimg 0 in every curve).
             images_seen = int(self.state.images_seen.numpy())
+            self._check_same_start(images_seen)
             if not self.run.snapshots("full"):
                 self.state.enter_stage(self.schedule.stage_at(images_seen))
                 self.snapshot()
@@ -357,6 +358,17 @@ class Trainer:
                     clock.maintenance += time.time() - maintenance_start
                     last_snapshot = images_seen
         return stats, images_seen, last_snapshot
+
+    def _check_same_start(self, images_seen: int) -> None:
+        """Every worker must start from the same snapshot; each chose the newest it sees in
+        the run directory, so a worker that sees another one stops them all, in one line."""
+        lowest, highest = distribute.position_agreement(self.strategy)(images_seen)
+        if lowest != highest:
+            raise TrainingError(
+                f"the workers start from different snapshots (kimg {lowest / 1000:g} to "
+                f"{highest / 1000:g}; this one: {images_seen / 1000:g}): they do not all see the "
+                f"same {self.run_dir}; give every worker the chief's run directory on a shared "
+                "file system, then launch the same job again (every worker)")
 
     def _stop_agreed(self) -> bool:
         """Whether to stop before the next compiled call: asked of any worker (the cluster may
