@@ -23,6 +23,22 @@ def test_draw_face_is_deterministic_and_varied():
     assert faces[:, 4:28, 4:28].std(axis=(1, 2)).mean() > 15  # structure inside each image
 
 
+@pytest.mark.parametrize("count, resolution, seed, attributes, sha256_start", [
+    (48, 32, 0, "basic", "ef9f89d8181068c1"),  # the demo's and the quality benchmark's set
+    (24, 8, 3, "basic", "7b1b493e5dc64543"),
+    (40, 32, 2, "extended", "81ba0e7e804b7292"),
+])
+def test_the_faces_stay_byte_for_byte_what_the_records_were_measured_on(count, resolution, seed,
+                                                                         attributes, sha256_start):
+    """Every SWD record in docs/quality was scored on these pixels: a change of the drawing
+    (or of numpy's streams) changes the data set, and must show here."""
+    import hashlib
+
+    source = SyntheticSource(count, resolution, seed=seed, attributes=attributes)
+    images = np.stack([source.load(index)[1] for index in range(count)])
+    assert hashlib.sha256(images.tobytes()).hexdigest()[:16] == sha256_start
+
+
 def test_ensure_synthetic_builds_once_and_independent_of_workers(tmp_path):
     path = ensure_synthetic(tmp_path / "synth", num_images=24, resolution=16, seed=5,
                             workers=2, progress=False)
