@@ -645,11 +645,12 @@ class RunDir:
     def append_metrics(self, records: list[dict]) -> None:
         _append_jsonl(self.metrics_file, records)
 
-    def read_metrics(self) -> list[dict]:
-        """The records of metrics.jsonl; a line that is JSON but not a metric record (a field
-        missing or of the wrong kind, e.g. edited by hand) is a `RunError` naming the line."""
+    def read_metrics(self, checked: bool = False) -> list[dict]:
+        """The records of metrics.jsonl. ``checked``: a line that is JSON but not a metric
+        record as the evaluation reads it (a field missing or of the wrong kind, e.g. edited
+        by hand) is a `RunError` naming the line."""
         records = _read_jsonl(self.metrics_file)
-        for number, record in enumerate(records, 1):
+        for number, record in enumerate(records if checked else (), 1):
             problem = _metric_record_problem(record)
             if problem:
                 raise RunError(f"{self.metrics_file}: record {number} {problem}; expected one "
@@ -658,7 +659,8 @@ class RunDir:
         return records
 
     def metric_names(self) -> list[str]:
-        return list(dict.fromkeys(record["metric"] for record in self.read_metrics()))
+        return list(dict.fromkeys(record.get("metric") for record in self.read_metrics()
+                                   if isinstance(record.get("metric"), str)))
 
 
 # The fields of a metrics.jsonl record that readers rely on, and their kinds.

@@ -125,7 +125,7 @@ class SnapshotEvaluator:
         if unlabelled and not self.config.model.label_size:
             raise EvaluationError(f"--metrics {','.join(unlabelled)}: {self.run_dir} is not a "
                                   "conditional run (trained without --conditional)")
-        self.run.read_metrics()  # a record it could not read stops here, before any work
+        self.run.read_metrics(checked=True)  # a record it cannot read stops it before any work
         self.num_images, self.split, self.seed = num_images, split, seed
         self.extractor = feature_extractor
         self.log = log
@@ -378,7 +378,7 @@ def update_best(run: RunDir, primary: str | None = None, log: Callable[[str], No
     (default: kept as it was) becomes the run's primary metric. A best.json that cannot be
     read is rebuilt from metrics.jsonl alone, with a warning through ``log``."""
     on_disk = {snapshot.images_seen for snapshot in run.snapshots()}
-    records = run.read_metrics()
+    records = run.read_metrics(checked=True)
     try:
         previous = run.read_best()
     except RunError as error:
@@ -414,7 +414,7 @@ def plot_metrics(run_dir: Path) -> Path | None:
     from progan.schedule import Schedule
 
     run = RunDir(run_dir)
-    records = run.read_metrics()
+    records = run.read_metrics(checked=True)
     if not records:
         return None
     import matplotlib
