@@ -230,10 +230,11 @@ def test_presets_reference_networks_and_rates_except_the_demo():
         optimizer = load_config(preset).optimizer
         assert optimizer.g_lr == optimizer.d_lr and not optimizer.lr_by_resolution
         assert optimizer.fade_lr_scale == 1 and optimizer.stable_lr_rampdown == 0
-    # With one shared rate the critic trails the generator at the demo's widths
-    # (SWD at the end of the 8x8 fade-in 60.8 +- 8.8 over 6 seeds; D at 1.5x: 48.4 +- 2.0).
+    # With one shared rate the critic trails the generator at the demo's widths (SWD at the
+    # end of the 8x8 fade-in 60.8 +- 8.8 over 6 seeds; D at 1.5x: 48.4 +- 2.0; at the end of
+    # 32x32 over 3 seeds: D at 1.5x 27.9 +- 1.2, at 3x 24.6 +- 0.8).
     demo_optimizer = load_config("demo").optimizer
-    assert demo_optimizer.d_lr == pytest.approx(1.5 * demo_optimizer.g_lr)
+    assert demo_optimizer.d_lr == pytest.approx(3 * demo_optimizer.g_lr)
 
 
 def test_conditional_networks_add_exactly_the_label_parameters():
