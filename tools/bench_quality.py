@@ -234,8 +234,9 @@ def plot(records: list[dict], path: Path) -> None:
         axis.set_ylabel("SWD x1e3 (EMA generator)")
         axis.set_yscale("log")
         axis.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize="small")
-    figure.tight_layout()
+    figure.legend(*axes[0, -1].get_legend_handles_labels(), fontsize="small", loc="upper center",
+                  ncol=5, frameon=False)
+    figure.tight_layout(rect=(0, 0, 1, 0.86))  # the legend above the panels, clear of the points
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
