@@ -281,11 +281,11 @@ def test_strict_bad_file_early_in_600_and_disk_full_mid_build(tmp_path, capsys):
 
         # Mid-build: another program fills the disk while the workers write.
         wait_for_records(disk, "faces", full)
-        with open(filler, "ab") as handle:
+        # unbuffered: a buffered file could fail again when closed, with the bytes it still held
+        with open(filler, "ab", buffering=0) as handle:
             try:
                 while True:
                     handle.write(b"\0" * 65536)
-                    handle.flush()
             except OSError:
                 pass
         size = filler.stat().st_size
