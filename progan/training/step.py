@@ -323,7 +323,7 @@ class StageStep:
 
     # AutoGraph off: the loop is written as a while loop, every branch below is Python's
     # (settings, not tensors), and converting the step's code again for every stage cost
-    # about a third of each stage's tracing.
+    # about half of each stage's tracing.
     @tf.function(autograph=False)
     def run_steps(self, iterator, steps):
         def body(done):
