@@ -49,7 +49,7 @@ def _wait_for_new_snapshot(process, run_dir, after, limit=120):
 def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_dataset, tiny_config_file, request):
     """SIGKILL at an arbitrary moment, then SIGTERM, each followed by `progan resume`."""
     common = ["--config", tiny_config_file, "--data", tiny_dataset, "--deterministic",
-              "--stable-kimg", "0.3", "--fade-kimg", "0.3"]
+              "--stable-kimg", "0.2", "--fade-kimg", "0.2"]
     straight = tmp_path / "straight"
     # The uninterrupted run goes alongside (--deterministic: the load changes no bit of it).
     straight_log = (tmp_path / "straight.log").open("w")
