@@ -163,3 +163,19 @@ def test_trainer_runs_on_a_streamed_level(tmp_path, tiny_dataset, monkeypatch, r
     after = [v.numpy() for v in run.state.generator_variables]
     assert all(np.isfinite(a).all() for a in after)
     assert any(not np.array_equal(a, b) for a, b in zip(after, before))
+
+
+def test_training_pipelines_run_without_a_tuning_thread(dataset):
+    """tf.data's autotuning thread outlives a dropped iterator (dropping one waited for it,
+    seconds to a minute): the training input, from memory or streamed, has no autotuning,
+    and on one device the loop iterates it directly, with no strategy wrapper (whose
+    per-device pipeline would be autotuned again)."""
+    from progan.training.distribute import distribute_global_batches
+
+    for budget in (None, LEVEL_BYTES - 1):  # in memory, streamed
+        assert load(dataset, RES, batch_size=4, memory_budget=budget).options().autotune.enabled is False
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    served = distribute_global_batches(strategy, lambda **_: load(dataset, RES, batch_size=4), 4)
+    assert isinstance(served, tf.data.Dataset) and served.options().autotune.enabled is False
+    first = next(iter(served)).numpy()
+    np.testing.assert_array_equal(first, take(load(dataset, RES, batch_size=4), 1)[0])

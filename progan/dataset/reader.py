@@ -330,9 +330,9 @@ def iter_level(file, first=0, count=None, batch_size=PARSE_BATCH):
     records = tf.data.TFRecordDataset(str(file), buffer_size=8 << 20).skip(first)
     if count is not None:
         records = records.take(count)
-    batches = records.batch(batch_size).map(_parse_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    batches = records.batch(batch_size).map(_parse_batch, num_parallel_calls=2)
     try:
-        yield from batches.prefetch(2).as_numpy_iterator()
+        yield from without_autotune(batches.prefetch(2)).as_numpy_iterator()
     except tf.errors.OpError as error:
         raise DatasetError(f"{file}: unreadable records ({error.message.splitlines()[0]})") from None
 
@@ -415,6 +415,20 @@ def stream_indices(seed, count, positions, shuffle=True):
 BUDGET_ENV = "PROGAN_DATA_MEMORY_BUDGET"
 BUDGET_FRACTION = 0.25
 STREAM_PREFETCH = 2
+# Batches in flight from memory: the generator is the serial part, the map only casts.
+MEMORY_PREFETCH = 4
+
+
+def without_autotune(dataset):
+    """``dataset`` with tf.data's autotuning off: its pipelines then have fixed parallelism
+    and buffers, and no tuning thread. That thread sleeps for up to a minute between
+    rounds and is not woken when its iterator is dropped: the training loop, which drops
+    one iterator per stage, sat in that destructor for 5 to 45 seconds at some stage
+    switches and at the end of a run. Without it an iterator goes in milliseconds."""
+    tf = tensorflow()
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def _machine_memory():
@@ -640,9 +654,9 @@ def load(path, resolution, split="train", batch_size=32, mirror=False, seed=0, s
         return images if label_rows is None else (images, label_rows)
 
     # Streaming keeps memory bounded: two batches in flight, whatever the level's size.
-    parallel = STREAM_PREFETCH if streaming else tf.data.AUTOTUNE
+    parallel = STREAM_PREFETCH if streaming else MEMORY_PREFETCH
     dataset = dataset.map(to_float, num_parallel_calls=parallel, deterministic=True)
-    return dataset.prefetch(parallel)
+    return without_autotune(dataset.prefetch(parallel))
 
 
 def _check_load(path, split, count, batch_size, start_image, shard_index, shard_count, shard_block):

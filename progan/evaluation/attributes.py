@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from progan.backend import keras, tf
+from progan.dataset.reader import without_autotune
 
 MAX_TRAIN_IMAGES = 20000
 EPOCHS = 6
@@ -83,8 +84,8 @@ def train_classifier(images, labels, held_images, held_labels, kind: str, seed: 
     steps = max(MIN_STEPS, EPOCHS * -(-len(images) // BATCH))
     log(f"attributes: training the classifier on {len(images)} real images at "
         f"{images.shape[1]}x{images.shape[1]} ({steps} steps of {BATCH})")
-    batches = (tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
-               .shuffle(len(images), seed=seed).repeat().batch(BATCH))
+    batches = without_autotune(tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
+                               .shuffle(len(images), seed=seed).repeat().batch(BATCH))
     model.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0,
               shuffle=False)  # the data set shuffles itself
     accuracy = agreement(predict(model, held_images, kind), held_labels, kind)

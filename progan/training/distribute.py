@@ -15,6 +15,7 @@ import os
 import re
 
 from progan.backend import tf
+from progan.dataset import reader
 from progan.errors import ProganError
 
 
@@ -316,8 +317,12 @@ def distribute_global_batches(strategy: tf.distribute.Strategy, make_dataset, gl
     """
     replicas = strategy.num_replicas_in_sync
     if replicas == 1:
-        return strategy.experimental_distribute_dataset(
-            make_dataset(), tf.distribute.InputOptions(experimental_fetch_to_device=True))
+        # The plain dataset: the strategy's input wrapper would fetch batches to the device
+        # through a second pipeline per device, autotuned whatever the input's options, whose
+        # tuning thread delays the drop of every iterator by seconds (see
+        # reader.without_autotune). A step copies its batch to the device itself; a batch is
+        # small beside a step's work.
+        return make_dataset()
     per_replica = global_batch // replicas
 
     def dataset_fn(context: tf.distribute.InputContext):
@@ -335,7 +340,7 @@ def distribute_global_batches(strategy: tf.distribute.Strategy, make_dataset, gl
 
         share = make_dataset(shard_index=context.input_pipeline_id,
                              shard_count=context.num_input_pipelines, shard_block=local)
-        return share.flat_map(slices).prefetch(2)
+        return reader.without_autotune(share.flat_map(slices).prefetch(2))
 
     options = tf.distribute.InputOptions(experimental_replication_mode=
                                          tf.distribute.InputReplicationMode.PER_WORKER)
