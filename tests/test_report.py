@@ -1,7 +1,10 @@
 """What a person watching a run sees: start-up summary, tick lines, stats, TensorBoard, plots."""
 
 
+import json
+
 from conftest import TINY_CONFIG
+from run_fixtures import tiny_run  # noqa: F401  (fixture)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from progan.config import Config
@@ -193,3 +196,28 @@ def test_the_eta_from_the_8x8_fade_on_is_within_a_quarter_of_the_time_left():
     for eta, left in checked:
         assert 0.75 * left <= eta <= 1.25 * left, (eta, left)
     assert ticks[-1][1] == 0.0  # the last tick: nothing left but its snapshot
+
+
+def test_the_eta_checking_tool_reads_a_finished_run(tiny_run, tmp_path):
+    """tools/check_eta.py: every tick's ETA against the time its run actually had left."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).parents[1] / "tools" / "check_eta.py"
+    stats = [json.loads(line) for line in (tiny_run / "stats.jsonl").read_text().splitlines()]
+    out = subprocess.run([sys.executable, str(tool), str(tiny_run)], capture_output=True,
+                         text=True, check=True).stdout
+    listed = re.findall(r"tick +(\d+) +\d+ \w+ +ETA +(\d+) s", out)
+    assert [int(tick) for tick, _ in listed] == [record["tick"] for record in stats]
+    assert [int(eta) for _, eta in listed] == [round(record["eta_sec"]) for record in stats]
+    assert f"training time (the last tick's elapsed): {stats[-1]['elapsed_sec']:.0f} s" in out
+    assert re.search(r"worst \|error\| from the first tick at 8x8 on: [0-9.]+%", out)
+    unfinished = shutil.copytree(tiny_run, tmp_path / "unfinished")
+    log = unfinished / "log.txt"
+    log.write_text("".join(line for line in log.read_text().splitlines(keepends=True)
+                           if " done: kimg " not in line))
+    failed = subprocess.run([sys.executable, str(tool), str(unfinished)], capture_output=True, text=True)
+    assert failed.returncode != 0 and "no 'done' line" in failed.stderr
