@@ -93,8 +93,11 @@ def test_lost_workers_end_the_job_in_one_line_and_stops_agree_and_relaunches_res
     config = tmp_path / "two.json"
     config.write_text(json.dumps({**TINY_CONFIG, "training": {**TINY_CONFIG["training"],
                                                               "strategy": "auto"}}))
+    # 4x4 only: what is tested here is how workers end, stop and resume, not growth (resuming
+    # across stage switches is the killed-and-resumed trainer test's); one traced stage per
+    # launch keeps it short.
     common = ["train", "--config", config, "--data", tiny_dataset, "--deterministic",
-              "--stable-kimg", "0.2", "--fade-kimg", "0.2"]
+              "--max-resolution", "4", "--total-kimg", "0.6"]
     jobs = []
     request.addfinalizer(lambda: [job.kill() for job in jobs])
     straight = tmp_path / "straight"  # the uninterrupted job runs alongside
@@ -171,7 +174,10 @@ def test_lost_workers_end_the_job_in_one_line_and_stops_agree_and_relaunches_res
     ticks = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     straight_ticks = [json.loads(line) for line in (straight / "stats.jsonl").read_text().splitlines()]
     assert [t["tick"] for t in ticks] == list(range(len(ticks)))
-    assert [t["images_seen"] for t in ticks] == [t["images_seen"] for t in straight_ticks]
+    # a launch counts its ticks from where it resumed (after a stop, not on the straight
+    # run's grid): the same end, no tick repeated or lost
+    seen = [t["images_seen"] for t in ticks]
+    assert seen == sorted(set(seen)) and seen[-1] == straight_ticks[-1]["images_seen"] == 600
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))
 
 
