@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import PIL.Image
+import pytest
 
 from conftest import REPO
 
@@ -92,13 +93,26 @@ for command in json.loads(sys.argv[1]):
 """
 
 
-def run_commands(commands, cwd, timeout=500):
+def start_commands(commands, cwd):
+    """The commands, in order, in one Python process of their own (started, not awaited)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(commands)], cwd=cwd,
-                            env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.count("ok: ") == len(commands)
-    return result
+    return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(commands)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_commands(process, commands, timeout=500):
+    """The output of ``start_commands``' process, checked: it ran every command."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert stdout.count("ok: ") == len(commands)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_commands(commands, cwd, timeout=500):
+    return finish_commands(start_commands(commands, cwd), commands, timeout)
 
 
 def substituted(commands, substitutions):
@@ -139,7 +153,8 @@ README_SUBSTITUTIONS = (
 PYTHON_SUBSTITUTIONS = (("total_kimg=20", "total_kimg=0.3"),)
 
 
-def test_every_command_of_the_readme_runs(tmp_path):
+def test_every_command_of_the_readme_runs(tmp_path, pages_job):
+    # pages_job: the pages' commands run alongside (each process is mostly one Python thread)
     quick_start_install = {"pip install -e \".[cpu]\"", "pip install -e \".[cpu,test]\"",
                            "python3 -m pytest -q"}  # CI runs these: see the test above
     commands = [c for c in bash_commands() if c not in quick_start_install]
@@ -205,13 +220,16 @@ def page_commands(page):
             if line.split("#")[0].strip()]
 
 
-def test_the_transfer_and_conditional_pages_commands_run(tmp_path, tiny_dataset):
-    """docs/transfer.md on a small demo-preset run, docs/conditional.md on a labelled CelebA
-    folder: every command of both pages, small."""
+@pytest.fixture(scope="module")
+def pages_job(tmp_path_factory, tiny_dataset):
+    """Every command of docs/transfer.md (on a small demo-preset run) and docs/conditional.md
+    (on a labelled CelebA folder), small, started in a process of their own: (process,
+    commands, directory)."""
     from dataset_fixtures import make_celeba_like_images
 
-    make_celeba_like_images(tmp_path / "portraits", 24)
-    make_kaggle_celeba(tmp_path / "celeba")
+    root = tmp_path_factory.mktemp("pages")
+    make_celeba_like_images(root / "portraits", 24)
+    make_kaggle_celeba(root / "celeba")
     setup = [f"progan train --data {tiny_dataset} --out runs/demo --config demo --max-resolution 8 "
              "--total-kimg 0.1",  # the demo run the transfer page starts from, small
              "progan-dataset create_celeba tfrecords/celeba celeba --max-resolution 8 --max-images 32"]
@@ -219,7 +237,15 @@ def test_the_transfer_and_conditional_pages_commands_run(tmp_path, tiny_dataset)
                                                     ("--kimg 20", "--kimg 0.05")))
     conditional = substituted(page_commands(CONDITIONAL), (
         ("--config celeba64", "--config demo --max-resolution 8 --total-kimg 0.1"),))
-    run_commands([*setup, *transfer, *conditional], tmp_path)
+    commands = [*setup, *transfer, *conditional]
+    process = start_commands(commands, root)
+    yield process, commands, root
+    process.kill()
+
+
+def test_the_transfer_and_conditional_pages_commands_run(pages_job):
+    process, commands, tmp_path = pages_job
+    finish_commands(process, commands)
     tuned = json.loads((tmp_path / "runs" / "demo-portraits" / "config.json").read_text())
     assert tuned["origin"]["new_data"] == str((tmp_path / "tfrecords" / "portraits").resolve())
     assert tuned["config"]["loss"]["augment"] == ["translation", "cutout", "color"]
