@@ -305,7 +305,8 @@ def check_global_batch(strategy: tf.distribute.Strategy, global_batch: int, grou
 
 
 def distribute_global_batches(strategy: tf.distribute.Strategy, make_dataset, global_batch: int):
-    """A distributed dataset whose replica r receives samples r, r + R, ... of every global batch.
+    """A distributed dataset whose replica r receives samples r, r + R, ... of every global batch
+    (with one replica, the dataset itself).
 
     Args:
         strategy: the strategy.
